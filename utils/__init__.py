@@ -1,0 +1,1 @@
+"""Shared helpers: metrics, Gaussian fitting, plots, loggers and CLI plumbing."""
