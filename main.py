@@ -1,0 +1,116 @@
+"""Train VMDLS: a backbone plus a variational latent head with triplet, distancing and KL losses.
+
+    python main.py --enc_type mnist-conv --latent_dim 32 --enc_out_dim 500 ... (README-original)
+
+Everything the run writes goes under --output_dir: checkpoints/last.ckpt, metrics.csv,
+hparams.yaml and args.json. The last line printed names the last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytorch_lightning as pl  # noqa: E402
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint  # noqa: E402
+
+from datasets import KnownUnknownDataModule  # noqa: E402
+from models.callbacks import EpochSeed, FinetuneSchedule, MarginSchedule  # noqa: E402
+from models.vmdls import VMDLS  # noqa: E402
+from models.weights import load_backbone_weights  # noqa: E402
+from utils.cli import add_trainer_args, ensure_output_dir, run_main, trainer_kwargs  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+from utils.flags import add_data_args, add_model_args, add_run_args  # noqa: E402
+from utils.loggers import build_loggers, write_json  # noqa: E402
+
+FINETUNE_HEAD_EPOCHS = 20
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(parser)
+    add_model_args(parser)
+    add_run_args(parser)
+    add_trainer_args(parser)
+    return parser
+
+
+def default_output_dir(args: argparse.Namespace) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join("outputs", "train", f"{args.known_dataset}-{args.enc_type}-{stamp}")
+
+
+def build_datamodule(args: argparse.Namespace) -> KnownUnknownDataModule:
+    datamodule = KnownUnknownDataModule(
+        known_dataset=args.known_dataset, unknown_dataset=args.unknown_dataset, data_dir=args.data_dir,
+        class_num=args.class_num, data_transforms=args.data_transforms, input_height=args.input_height,
+        batch_classes=args.batch_classes, sample_count=args.sample_count, batch_size=args.batch_size,
+        num_workers=args.num_workers, seed=args.seed,
+    )
+    datamodule.setup("fit")
+    height = datamodule.image_shape[1]
+    if height != args.input_height:
+        raise UserError(f"--input_height {args.input_height} does not match {args.known_dataset}'s "
+                        f"{height}x{height} images; pass --input_height {height}")
+    return datamodule
+
+
+def build_callbacks(args: argparse.Namespace, checkpoint_dir: str) -> tuple[list[pl.Callback], ModelCheckpoint]:
+    checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                                 save_last=True, save_top_k=1)
+    callbacks: list[pl.Callback] = [
+        EpochSeed(args.seed),
+        MarginSchedule(args.margin_max_distance, args.margin_jump, args.margins_epoch),
+        LearningRateMonitor(logging_interval="epoch"),
+        checkpoint,
+    ]
+    if args.finetune:
+        callbacks.insert(2, FinetuneSchedule(FINETUNE_HEAD_EPOCHS))
+    return callbacks, checkpoint
+
+
+def main(argv: list[str] | None = None) -> str:
+    args = build_parser().parse_args(argv)
+    if args.finetune and not args.weights:
+        raise UserError("--finetune trains from given backbone weights; add --weights FILE")
+    if args.checkpoint_path and not os.path.isfile(args.checkpoint_path):
+        raise UserError(f"--checkpoint_path {args.checkpoint_path!r} does not exist; give a checkpoint "
+                        "written by main.py (for example OUTPUT_DIR/checkpoints/last.ckpt)")
+    output_dir = ensure_output_dir(args.output_dir or default_output_dir(args))
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    trainer_args = trainer_kwargs(args)
+    datamodule = build_datamodule(args)
+
+    hparams = {k: v for k, v in vars(args).items() if k not in ("checkpoint_path",)}
+    model = VMDLS(**hparams, in_channels=datamodule.image_shape[0],
+                  finetune_epochs=FINETUNE_HEAD_EPOCHS)
+    if args.weights and not args.checkpoint_path:
+        print(load_backbone_weights(model.encoder, args.weights).summary())
+
+    write_json(os.path.join(output_dir, "args.json"), {"argv": sys.argv if argv is None else argv, **vars(args)})
+    checkpoint_dir = os.path.join(output_dir, "checkpoints")
+    callbacks, checkpoint = build_callbacks(args, checkpoint_dir)
+    loggers = build_loggers(output_dir, args.offline, project=args.neptune_project, tags=[
+        f"known:{args.known_dataset}", f"unknown:{args.unknown_dataset}", f"backbone:{args.enc_type}"])
+    trainer = pl.Trainer(
+        **trainer_args, callbacks=callbacks, logger=loggers, default_root_dir=output_dir,
+        use_distributed_sampler=False,  # the balanced batch sampler shards itself across processes
+        num_sanity_val_steps=0, log_every_n_steps=10, deterministic=False,
+    )
+    trainer.fit(model, datamodule=datamodule, ckpt_path=args.checkpoint_path)
+
+    last = os.path.join(checkpoint_dir, "last.ckpt")
+    if not os.path.isfile(last):  # fast_dev_run and max_steps=0 skip Lightning's checkpointing
+        trainer.save_checkpoint(last)
+    if trainer.is_global_zero:
+        print(f"last checkpoint: {last}")
+    return last
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,231 @@
+"""The VMDLS LightningModule: backbone + variational heads, trained with the metric and KL losses.
+
+Dinari & Freifeld, "Variational- and Metric-based Deep Latent Space for Out-of-Distribution
+Detection", UAI 2022. ../shared/METHOD.md section 2 states the training step by step.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from sklearn.metrics import f1_score
+from torch.optim.lr_scheduler import StepLR
+
+from models.backbones import build_backbone
+from models.heads import make_heads, reparameterise
+from models.losses import TripletDistancingLoss, class_kl_loss
+from utils.errors import UserError
+from utils.gaussian import ClassGaussians, ClassStatistics, quantile_bounds
+
+PRIOR_STD = 0.1
+INITIAL_MARGIN = 0.15
+TRIPLET_MARGIN = 0.1
+
+
+class VMDLS(pl.LightningModule):
+    """Backbone ``encoder`` + heads ``fc_mu`` / ``fc_var`` (the original's names).
+
+    Training (METHOD.md section 2): loss = triplet + distancing loss on z, plus from epoch
+    ``generation_epoch`` on the class KL against the previous epoch's class means. Each
+    epoch accumulates per-class count, sum and outer-product sum of z in float64
+    (all-reduced under DDP) and, at its end, sets the class means, covariances and the
+    ``lower_bound`` quantile "bounds" used by the validation diagnostics. All of it lives
+    in buffers, so checkpoints carry it; M_d is saved beside the weights.
+    """
+
+    def __init__(
+        self,
+        input_height: int = 28,
+        enc_type: str = "resnet18",
+        first_conv: bool = False,
+        maxpool1: bool = False,
+        enc_out_dim: int = 512,
+        kl_coeff: float = 0.1,
+        latent_dim: int = 256,
+        lr: float = 1e-4,
+        class_num: int = 10,
+        generation_epoch: int = 20,
+        lower_bound: float = 0.05,
+        step_size: int = 100,
+        step_gamma: float = 0.1,
+        opt: str = "sgd",
+        finetune: bool = False,
+        finetune_lr: float = 1e-4,
+        finetune_epochs: int = 20,
+        in_channels: int | None = None,
+        **kwargs,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if opt not in ("sgd", "adam"):
+            raise UserError(f"--opt {opt!r} is not known; use sgd or adam")
+        self.encoder = build_backbone(
+            enc_type, in_channels=in_channels, input_height=input_height,
+            first_conv=first_conv, maxpool1=maxpool1, class_num=class_num,
+        )
+        if self.encoder.feature_dim != enc_out_dim:
+            raise UserError(
+                f"--enc_out_dim {enc_out_dim} does not match {enc_type}'s feature size "
+                f"{self.encoder.feature_dim}; pass --enc_out_dim {self.encoder.feature_dim}"
+            )
+        self.fc_mu, self.fc_var = make_heads(enc_out_dim, latent_dim)
+        self.metric_loss = TripletDistancingLoss(margin=TRIPLET_MARGIN, neg_margin=INITIAL_MARGIN)
+        self.epoch_stats = ClassStatistics(class_num, latent_dim)
+        self.register_buffer("class_means", torch.zeros(class_num, latent_dim, dtype=torch.float64))
+        self.register_buffer("class_covs", torch.zeros(class_num, latent_dim, latent_dim, dtype=torch.float64))
+        self.register_buffer("class_bounds", torch.full((class_num,), -math.inf, dtype=torch.float64))
+        self.register_buffer("finished_epochs", torch.zeros((), dtype=torch.long))
+        self._gaussians: ClassGaussians | None = None
+        self._epoch_log_likelihoods: list[torch.Tensor] = []
+        self._epoch_labels: list[torch.Tensor] = []
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._resumed_epoch = 0
+
+    # ----------------------------------------------------------------- forward passes
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The evaluation embedding: mu."""
+        h, _ = self.encoder(x)
+        return self.fc_mu(h)
+
+    def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """Feature h, the three taps, mu and log-variance, from one backbone pass."""
+        h, taps = self.encoder(x)
+        return {"h": h, "taps": taps, "mu": self.fc_mu(h), "log_var": self.fc_var(h)}
+
+    @property
+    def margin_distance(self) -> float:
+        return float(self.metric_loss.neg_margin)
+
+    @property
+    def has_class_statistics(self) -> bool:
+        return int(self.finished_epochs) > 0
+
+    def class_gaussians(self) -> ClassGaussians:
+        """The latent class Gaussians of the last finished epoch (cached until the next one)."""
+        if self._gaussians is None or self._gaussians.means.device != self.class_means.device:
+            self._gaussians = ClassGaussians.fit(self.class_means, self.class_covs)
+        return self._gaussians
+
+    # ----------------------------------------------------------------------- training
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        h, _ = self.encoder(x)
+        mu, log_var = self.fc_mu(h), self.fc_var(h)
+        z = reparameterise(mu, log_var)
+        metric = self.metric_loss(z, y)
+        if self.current_epoch >= self.hparams.generation_epoch:
+            kl = self.hparams.kl_coeff * class_kl_loss(z, mu, log_var, y, self.class_means, PRIOR_STD)
+        else:
+            kl = torch.zeros((), device=z.device)
+        self._accumulate(z.detach(), y)
+        loss = metric + kl
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        self.log_dict({"train_triplet_loss": metric, "train_kl": kl}, on_step=True, on_epoch=True,
+                      batch_size=len(y))
+        self.log("margin_distance", self.margin_distance, on_step=False, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def _accumulate(self, z: torch.Tensor, y: torch.Tensor) -> None:
+        self.epoch_stats.update(z, y)
+        if self.has_class_statistics:
+            log_likelihood = self.class_gaussians().log_prob(z)
+            self._epoch_log_likelihoods.append(log_likelihood.gather(1, y.view(-1, 1)).squeeze(1))
+            self._epoch_labels.append(y)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        # Finish the statistics on the epoch's last batch: validation and checkpointing
+        # both run before on_train_epoch_end, and both need this epoch's statistics.
+        if batch_idx + 1 >= self.trainer.num_training_batches:
+            self.finish_epoch_statistics()
+
+    def on_train_epoch_end(self):
+        self.finish_epoch_statistics()  # an epoch cut short (max_steps) still counts
+
+    def finish_epoch_statistics(self) -> None:
+        """Turn the epoch's sums into class means, covariances and bounds; reset the sums."""
+        self.epoch_stats.all_reduce()
+        present = self.epoch_stats.present()
+        if not bool(present.any()):
+            return
+        self.class_means[present] = self.epoch_stats.means()[present]
+        self.class_covs[present] = self.epoch_stats.covariances()[present]
+        if self._epoch_log_likelihoods:
+            log_likelihoods = self._gather(torch.cat(self._epoch_log_likelihoods))
+            labels = self._gather(torch.cat(self._epoch_labels))
+            bounds = quantile_bounds(log_likelihoods, labels, self.hparams.class_num, self.hparams.lower_bound)
+            bounds = bounds.to(self.class_bounds)
+            self.class_bounds.copy_(torch.where(torch.isfinite(bounds), bounds, self.class_bounds))
+        self.finished_epochs += 1
+        self._gaussians = None
+        self.epoch_stats.reset()
+        self._epoch_log_likelihoods.clear()
+        self._epoch_labels.clear()
+
+    def _gather(self, values: torch.Tensor) -> torch.Tensor:
+        if self.trainer is None or self.trainer.world_size == 1:
+            return values
+        return self.all_gather(values).reshape(-1)
+
+    # --------------------------------------------------------------------- validation
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self._val_outputs.append((self(x).detach(), y.detach()))
+
+    def on_validation_epoch_end(self):
+        outputs, self._val_outputs = self._val_outputs, []
+        if self.trainer.sanity_checking or not outputs or not self.has_class_statistics:
+            return
+        mu = torch.cat([o[0] for o in outputs])
+        labels = torch.cat([o[1] for o in outputs]).cpu().numpy()
+        predictions = self.predict_with_bounds(mu).cpu().numpy()
+        known = labels < self.hparams.class_num
+        metrics = {
+            "val_f1_macro": float(f1_score(labels, predictions, average="macro", zero_division=0)),
+            "val_accuracy_known": float(np.mean(predictions[known] == labels[known])) if known.any() else 0.0,
+        }
+        # Every process evaluates the whole validation set (no distributed sampler), so the
+        # values agree across processes and need no reduction.
+        self.log_dict(metrics, prog_bar=True, sync_dist=False)
+
+    def predict_with_bounds(self, mu: torch.Tensor) -> torch.Tensor:
+        """The mid-training classifier: the most likely class among those whose bound mu
+        clears, "unknown" (label K) when it clears none; as the original classified."""
+        log_likelihood = self.class_gaussians().log_prob(mu)
+        bounds = self.class_bounds.to(log_likelihood)
+        masked = torch.where(log_likelihood >= bounds, log_likelihood, torch.full_like(log_likelihood, -math.inf))
+        best, predictions = masked.max(dim=1)
+        predictions[torch.isinf(best)] = self.hparams.class_num
+        return predictions
+
+    # ------------------------------------------------------------------ optimisation
+    def in_head_only_phase(self) -> bool:
+        epoch = max(self.current_epoch if self._trainer is not None else 0, self._resumed_epoch)
+        return bool(self.hparams.finetune) and epoch < self.hparams.finetune_epochs
+
+    def configure_optimizers(self):
+        if self.in_head_only_phase():
+            params = list(self.fc_mu.parameters()) + list(self.fc_var.parameters())
+            lr = self.hparams.finetune_lr
+        else:
+            params = list(self.parameters())
+            lr = self.hparams.lr
+        if self.hparams.opt == "sgd":
+            optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4, nesterov=True)
+        else:
+            optimizer = torch.optim.Adam(params, lr=lr)
+        scheduler = StepLR(optimizer, step_size=self.hparams.step_size, gamma=self.hparams.step_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # ------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["margin_distance"] = self.margin_distance
+
+    def on_load_checkpoint(self, checkpoint):
+        if "margin_distance" in checkpoint:
+            self.metric_loss.neg_margin = float(checkpoint["margin_distance"])
+        # Optimisers are built before the loops learn the resumed epoch: remember it, so the
+        # fine-tuning phase of a resumed run matches the optimiser state being restored.
+        self._resumed_epoch = int(checkpoint.get("epoch", -1)) + 1
+        self._gaussians = None

@@ -1,0 +1,190 @@
+"""Evaluate a VMDLS checkpoint as an out-of-distribution detector (METHOD.md section 3).
+
+    python test.py --checkpoint_path run/checkpoints/last.ckpt --known_dataset mnist \
+        --unknown_dataset omniglot --data_dir ./data --ae_features --ae_checkpoint ae.ckpt
+
+Fits per-class Gaussians of the feature ensemble on the known training set, scores the
+known test set and the unknown set, and writes under --output_dir: results.json,
+thresholds.csv, roc.png, f1_threshold.png, score_histogram.png (and tsne.png with
+--log_tsne). Accepts every flag of README-original's test commands.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from datasets import KnownUnknownDataModule  # noqa: E402
+from models.autoencoders import load_autoencoder  # noqa: E402
+from models.checkpoints import checkpoint_hparams, load_vmdls, read_checkpoint  # noqa: E402
+from models.detector import FeatureEnsembleDetector  # noqa: E402
+from utils import metrics as M  # noqa: E402
+from utils.cli import add_trainer_args, ensure_output_dir, resolve_devices, run_main  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+from utils.flags import add_data_args, add_model_args, add_run_args, explicit_flags  # noqa: E402
+from utils.loggers import build_loggers, log_files, write_json  # noqa: E402
+from utils.plots import plot_f1_curve, plot_roc, plot_score_histograms, plot_tsne  # noqa: E402
+
+# Flags that describe the trained model: a checkpoint's own values are used unless given.
+MODEL_FLAGS = ("enc_type", "first_conv", "maxpool1", "enc_out_dim", "latent_dim", "class_num", "input_height")
+DATA_FLAGS = ("known_dataset", "unknown_dataset", "data_transforms", "data_dir")
+
+RESULT_ROWS = (
+    ("AUROC", "auroc"), ("AUPR-In", "aupr_in"), ("AUPR-Out", "aupr_out"),
+    ("FPR at 95% TPR", "fpr_at_95_tpr"), ("TNR at 95% TPR", "tnr_at_95_tpr"),
+    ("Detection accuracy", "detection_accuracy"), ("Closed-set accuracy", "closed_set_accuracy"),
+    ("Macro-F1 at 95% TPR", "f1_macro_at_95_tpr"), ("Best macro-F1", "f1_macro_best"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(parser)
+    add_model_args(parser)
+    add_run_args(parser)
+    add_trainer_args(parser)
+    group = parser.add_argument_group("evaluation")
+    group.add_argument("--ae_checkpoint", type=str, default=None,
+                       help="autoencoder checkpoint for --ae_features (from mnist_ae.py or train_resnet_ae.py)")
+    group.add_argument("--score_stats", choices=("test", "train"), default="test",
+                       help="where M and the largest reconstruction distance come from (test: as in the paper)")
+    group.add_argument("--thresholding", action="store_true",
+                       help="also print the thresholds table around the 95%%-TPR operating point")
+    return parser
+
+
+def resolve_settings(args: argparse.Namespace, given: set[str], hparams: dict) -> argparse.Namespace:
+    """Flags given on the command line win; otherwise the checkpoint's values; otherwise defaults."""
+    for name in MODEL_FLAGS + DATA_FLAGS:
+        if name not in given and name in hparams:
+            setattr(args, name, hparams[name])
+    return args
+
+
+def pick_device(args: argparse.Namespace) -> torch.device:
+    accelerator, devices = resolve_devices(args)
+    if accelerator == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    index = devices[0] if isinstance(devices, list) and devices else 0
+    return torch.device("cuda", index)
+
+
+def progress(loader, description: str):
+    return tqdm(loader, desc=description, leave=False, dynamic_ncols=True)
+
+
+def build_detector(args, model, datamodule, device) -> FeatureEnsembleDetector:
+    autoencoder = None
+    if args.ae_features:
+        if not args.ae_checkpoint:
+            raise UserError("--ae_features needs the known dataset's autoencoder: pass --ae_checkpoint FILE "
+                            "(train one with mnist_ae.py for 28x28 grey sets or train_resnet_ae.py for CIFAR)")
+        autoencoder = load_autoencoder(args.ae_checkpoint)
+    return FeatureEnsembleDetector(model, autoencoder, score_stats=args.score_stats,
+                                   preprocess=datamodule.preprocess, device=device)
+
+
+def write_outputs(args, output_dir: str, evaluation, metrics: dict, class_num: int) -> dict[str, str]:
+    scores = evaluation.scores.numpy()
+    labels = evaluation.labels.numpy()
+    predictions = evaluation.predictions.numpy()
+    known = labels < class_num
+    table = M.threshold_table(scores, known, predictions, labels, class_num)
+    files = {"thresholds": os.path.join(output_dir, "thresholds.csv")}
+    tmp = files["thresholds"] + ".tmp"
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, files["thresholds"])
+    fpr, tpr, _ = M.roc_points(scores, known)
+    files["roc"] = plot_roc(fpr, tpr, metrics["auroc"], os.path.join(output_dir, "roc.png"))
+    files["f1_threshold"] = plot_f1_curve(table["threshold"].to_numpy(), table["f1_macro"].to_numpy(),
+                                          os.path.join(output_dir, "f1_threshold.png"),
+                                          threshold_95=metrics["threshold_at_95_tpr"])
+    files["score_histogram"] = plot_score_histograms(scores[known], scores[~known],
+                                                     os.path.join(output_dir, "score_histogram.png"),
+                                                     threshold=metrics["threshold_at_95_tpr"])
+    if args.log_tsne:
+        files["tsne"] = plot_tsne(evaluation.features.numpy(), labels, class_num,
+                                  os.path.join(output_dir, "tsne.png"), seed=args.seed)
+    if args.thresholding:
+        near = table.iloc[(table["tpr"] - 0.95).abs().argsort()[:5]].sort_values("threshold", ascending=False)
+        print("thresholds around 95% TPR:")
+        print(near.to_string(index=False))
+    return files
+
+
+def format_results(results: dict) -> str:
+    width = max(len(name) for name, _ in RESULT_ROWS)
+    lines = [f"{results['known_dataset']} (known, {results['n_known']}) vs "
+             f"{results['unknown_dataset']} (unknown, {results['n_unknown']}), {results['enc_type']}"
+             f"{', reconstruction-weighted' if results['ae_features'] else ''}",
+             "-" * (width + 12)]
+    lines += [f"{name:<{width}}  {100 * results[key]:8.2f} %" for name, key in RESULT_ROWS]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    checkpoint = read_checkpoint(args.checkpoint_path)
+    hparams = checkpoint_hparams(checkpoint)
+    args = resolve_settings(args, explicit_flags(parser, argv), hparams)
+    output_dir = ensure_output_dir(args.output_dir or os.path.join(
+        "outputs", "test", f"{args.known_dataset}-vs-{args.unknown_dataset}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    pl.seed_everything(args.seed, verbose=False)
+    device = pick_device(args)
+
+    datamodule = KnownUnknownDataModule(
+        known_dataset=args.known_dataset, unknown_dataset=args.unknown_dataset, data_dir=args.data_dir,
+        class_num=args.class_num, data_transforms=args.data_transforms, input_height=args.input_height,
+        batch_classes=args.batch_classes, sample_count=args.sample_count, batch_size=args.batch_size,
+        num_workers=args.num_workers, seed=args.seed,
+    )
+    datamodule.setup("test")
+    overrides = {name: getattr(args, name) for name in MODEL_FLAGS}
+    overrides["in_channels"] = hparams.get("in_channels") or datamodule.image_shape[0]
+    model, missing = load_vmdls(checkpoint, overrides)
+    if missing:
+        raise UserError(f"the checkpoint lacks {len(missing)} weights of the model (e.g. {missing[0]}); "
+                        "pass the checkpoint of a trained VMDLS model")
+
+    detector = build_detector(args, model, datamodule, device)
+    detector.fit(progress(datamodule.fit_dataloader(), "fitting class Gaussians"))
+    if args.score_stats == "train":
+        detector.fit_score_statistics(progress(datamodule.fit_dataloader(), "training-set score statistics"))
+    evaluation = detector.predict(progress(datamodule.test_dataloader(), "scoring"), keep_features=args.log_tsne)
+
+    class_num = args.class_num
+    metrics = M.ood_metrics(evaluation.scores.numpy(), evaluation.predictions.numpy(),
+                            evaluation.labels.numpy(), class_num)
+    results = {
+        **{k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in metrics.items()},
+        "known_dataset": args.known_dataset, "unknown_dataset": args.unknown_dataset,
+        "enc_type": args.enc_type, "checkpoint": os.path.abspath(args.checkpoint_path),
+        "ae_features": bool(args.ae_features), "ae_checkpoint": args.ae_checkpoint,
+        "score_stats": args.score_stats, "jitter": detector.gaussians.jitter,
+    }
+    files = write_outputs(args, output_dir, evaluation, metrics, class_num)
+    files["results"] = os.path.join(output_dir, "results.json")
+    write_json(files["results"], results)
+    loggers = build_loggers(output_dir, args.offline, project=args.neptune_project,
+                            tags=[f"known:{args.known_dataset}", f"unknown:{args.unknown_dataset}", "test"])
+    for logger in loggers:
+        logger.log_metrics({k: v for k, v in results.items() if isinstance(v, float)})
+        logger.save()
+    log_files(loggers, files)
+    print(format_results(results))
+    print(f"results: {files['results']}")
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main)
