@@ -1,0 +1,1 @@
+"""VMDLS models: backbones, heads, losses, the LightningModule, the detector and autoencoders."""

@@ -1,0 +1,91 @@
+"""The six backbones and a registry to build them by ``--enc_type`` name.
+
+Every backbone is an ``nn.Module`` whose ``forward(x)`` returns ``(h, [tap1, tap2, tap3])``
+from one pass: h is N x ``feature_dim`` and each tap is an intermediate activation,
+global-average-pooled to N x C_i with ``(C_1, C_2, C_3) == tap_dims``. The parameter
+names equal the original implementation's encoder, so its checkpoints load by name.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+from utils.errors import UserError
+
+from .densenet import DenseNet3, densenet
+from .mnist_conv import MnistConv, mnist_conv
+from .resnet import ResNet, resnet18, resnet50
+from .vgg import VGGM, vgg
+from .wide_resnet import WideResNet, wide_resnet
+
+__all__ = [
+    "BACKBONES", "build_backbone", "default_feature_dim", "default_tap_dims",
+    "DenseNet3", "MnistConv", "ResNet", "VGGM", "WideResNet",
+    "densenet", "mnist_conv", "resnet18", "resnet50", "vgg", "wide_resnet",
+]
+
+# The constructors, by --enc_type name. Each takes keyword arguments; see build_backbone
+# for which of its options each one uses.
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "mnist-conv": mnist_conv,
+    "vgg": vgg,
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "densenet": densenet,
+    "wresnet": wide_resnet,
+}
+
+# enc_out_dim and tap channels of each backbone, without building it.
+_FEATURE_DIMS: dict[str, int] = {
+    "mnist-conv": 500, "vgg": 1024, "resnet18": 512, "resnet50": 2048, "densenet": 342, "wresnet": 640,
+}
+_TAP_DIMS: dict[str, tuple[int, int, int]] = {
+    "mnist-conv": (100, 100, 100),
+    "vgg": (128, 256, 256),
+    "resnet18": (64, 128, 256),
+    "resnet50": (256, 512, 1024),
+    "densenet": (108, 150, 342),
+    "wresnet": (160, 320, 640),
+}
+
+
+def _check_name(enc_type: str) -> None:
+    if enc_type not in BACKBONES:
+        names = ", ".join(sorted(BACKBONES))
+        raise UserError(f"unknown --enc_type {enc_type!r}: the valid names are {names}")
+
+
+def build_backbone(enc_type: str, *, in_channels: int | None = None, input_height: int | None = None,
+                   first_conv: bool = False, maxpool1: bool = False, class_num: int = 10) -> nn.Module:
+    """Build the backbone called ``enc_type``.
+
+    in_channels: image channels; None means the architecture's default (1 for
+      mnist-conv, 3 for the others).
+    input_height: image side; only mnist-conv and vgg use it (to size their flattened
+      linear layer); None means their natural size (28 for mnist-conv, 32 for vgg).
+    first_conv, maxpool1: the ImageNet-style stem, for resnet18/resnet50 only (the other
+      backbones ignore them, as the original did).
+    class_num: sizes densenet's unused classifier so checkpoint keys match; the others
+      ignore it.
+    """
+    _check_name(enc_type)
+    channels = {} if in_channels is None else {"in_channels": in_channels}
+    height = {} if input_height is None else {"input_height": input_height}
+    if enc_type in ("mnist-conv", "vgg"):
+        return BACKBONES[enc_type](**channels, **height)
+    if enc_type in ("resnet18", "resnet50"):
+        return BACKBONES[enc_type](**channels, first_conv=first_conv, maxpool1=maxpool1)
+    return BACKBONES[enc_type](**channels, class_num=class_num)
+
+
+def default_feature_dim(enc_type: str) -> int:
+    """The size of h (the original's --enc_out_dim) for ``enc_type``."""
+    _check_name(enc_type)
+    return _FEATURE_DIMS[enc_type]
+
+
+def default_tap_dims(enc_type: str) -> tuple[int, int, int]:
+    """The channels of the three taps for ``enc_type``."""
+    _check_name(enc_type)
+    return _TAP_DIMS[enc_type]

@@ -1,0 +1,183 @@
+"""utils.gaussian against numpy / scipy references."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import multivariate_normal
+
+from utils.errors import UserError
+from utils.gaussian import (ClassGaussians, ClassStatistics, fit_class_gaussians,
+                            jitter_ladder, quantile_bounds, smallest_working_step)
+
+
+def random_spd(rng, dim):
+    a = rng.normal(size=(dim, dim))
+    return a @ a.T + dim * np.eye(dim)
+
+
+def cholesky_works(covs, lam):
+    eye = torch.eye(covs.shape[-1], dtype=torch.float64)
+    return bool((torch.linalg.cholesky_ex(covs + lam * eye).info == 0).all())
+
+
+# ---- ClassStatistics -------------------------------------------------------------------
+
+
+def test_class_statistics_match_numpy_over_several_batches():
+    rng = np.random.default_rng(0)
+    num_classes, dim = 4, 5
+    stats = ClassStatistics(num_classes, dim)
+    xs, ys = [], []
+    for batch in range(6):
+        n = 37
+        x = rng.normal(size=(n, dim)) * (1 + np.arange(dim)) + 3.0
+        # class 3 only in even batches; label K (unknown) and -1 sprinkled in to be ignored
+        y = rng.integers(0, 3 if batch % 2 else 4, size=n)
+        y[:3] = num_classes
+        y[3] = -1
+        stats.update(torch.tensor(x, dtype=torch.float32 if batch % 3 == 0 else torch.float64),
+                     torch.tensor(y))
+        # the float32 batches are compared after the same rounding
+        xs.append(x.astype(np.float32).astype(np.float64) if batch % 3 == 0 else x)
+        ys.append(y)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    assert stats.present().tolist() == [True] * num_classes
+    for c in range(num_classes):
+        rows = x[y == c]
+        assert stats.count[c].item() == rows.shape[0]
+        np.testing.assert_allclose(stats.means()[c].numpy(), rows.mean(0), rtol=1e-10)
+        np.testing.assert_allclose(stats.covariances()[c].numpy(),
+                                   np.cov(rows, rowvar=False, bias=True), rtol=1e-8, atol=1e-10)
+    cov = stats.covariances()
+    assert torch.equal(cov, cov.transpose(1, 2))
+    assert stats.count.dtype == stats.sum.dtype == stats.outer.dtype == torch.float64
+
+
+def test_class_statistics_absent_class_reset_and_state_dict():
+    stats = ClassStatistics(3, 2)
+    stats.update(torch.randn(10, 2), torch.tensor([0] * 5 + [2] * 5))
+    assert stats.present().tolist() == [True, False, True]
+    assert set(stats.state_dict()) == {"count", "sum", "outer"}
+    stats.all_reduce()  # no process group: a no-op
+    stats.reset()
+    assert stats.count.sum().item() == 0 and stats.outer.abs().sum().item() == 0
+
+
+# ---- jitter ladder ----------------------------------------------------------------------
+
+
+def test_jitter_ladder_well_conditioned_is_two_steps():
+    rng = np.random.default_rng(1)
+    covs = torch.tensor(np.stack([random_spd(rng, 6) for _ in range(3)]))
+    assert smallest_working_step(covs) == 0
+    assert jitter_ladder(covs) == pytest.approx(2e-6)
+
+
+@pytest.mark.parametrize("seed,scale", [(2, 1.0), (3, 1e3)])
+def test_jitter_ladder_singular_covariance_finds_smallest_k(seed, scale):
+    rng = np.random.default_rng(seed)
+    dim, step = 8, 1e-6
+    stats = ClassStatistics(2, dim)
+    # Rank-deficient data: 3 samples in 8 dims for class 0, a rank-2 subspace for class 1.
+    x0 = rng.normal(size=(3, dim)) * scale
+    x1 = rng.normal(size=(40, 2)) @ rng.normal(size=(2, dim)) * scale
+    stats.update(torch.tensor(np.r_[x0, x1]), torch.tensor([0] * 3 + [1] * 40))
+    covs = stats.covariances()
+    k = smallest_working_step(covs, step=step)
+    assert k >= 1
+    assert cholesky_works(covs, k * step)
+    assert not cholesky_works(covs, (k - 1) * step)
+    assert jitter_ladder(covs, step=step, extra_steps=2) == pytest.approx((k + 2) * step)
+
+
+def test_jitter_ladder_needs_many_steps_quickly():
+    # A covariance with a clearly negative eigenvalue (-0.5) needs k ~ 5e5 steps of 1e-6.
+    covs = torch.diag(torch.tensor([1.0, -0.5], dtype=torch.float64)).unsqueeze(0)
+    k = smallest_working_step(covs, step=1e-6)
+    assert cholesky_works(covs, k * 1e-6) and not cholesky_works(covs, (k - 1) * 1e-6)
+    assert 499_000 < k < 501_000
+
+
+def test_jitter_ladder_rejects_non_finite_and_hopeless_covariances():
+    with pytest.raises(UserError):
+        jitter_ladder(torch.full((1, 2, 2), float("nan"), dtype=torch.float64))
+    with pytest.raises(UserError):
+        jitter_ladder(-torch.eye(2, dtype=torch.float64).unsqueeze(0), max_steps=1000)
+
+
+# ---- ClassGaussians ---------------------------------------------------------------------
+
+
+def test_log_prob_matches_scipy():
+    rng = np.random.default_rng(4)
+    num_classes, dim = 3, 5
+    means = rng.normal(size=(num_classes, dim))
+    covs = np.stack([random_spd(rng, dim) for _ in range(num_classes)])
+    gaussians = ClassGaussians.fit(torch.tensor(means), torch.tensor(covs))
+    assert gaussians.jitter == pytest.approx(2e-6)
+    x = rng.normal(size=(50, dim)) * 2
+    logp = gaussians.log_prob(torch.tensor(x, dtype=torch.float32))
+    assert logp.shape == (50, num_classes) and logp.dtype == torch.float64
+    x32 = x.astype(np.float32).astype(np.float64)
+    for c in range(num_classes):
+        ref = multivariate_normal(means[c], covs[c] + gaussians.jitter * np.eye(dim)).logpdf(x32)
+        np.testing.assert_allclose(logp[:, c].numpy(), ref, rtol=1e-10)
+
+
+def test_log_prob_chunks_and_singular_fit_from_statistics(monkeypatch):
+    import utils.gaussian as gaussian_module
+
+    rng = np.random.default_rng(5)
+    dim = 6
+    x = rng.normal(size=(30, 2)) @ rng.normal(size=(2, dim))  # rank 2: needs jitter
+    y = np.repeat([0, 1, 3], 10)  # class 2 absent, label 3 = unknown (K = 3)
+    stats = ClassStatistics(3, dim)
+    stats.update(torch.tensor(x), torch.tensor(y))
+    gaussians = fit_class_gaussians(stats)
+    assert gaussians.jitter > 2e-6
+    monkeypatch.setattr(gaussian_module, "_CHUNK_DOUBLES", 50)  # force many row chunks
+    logp = gaussians.log_prob(torch.tensor(x))
+    assert torch.isinf(logp[:, 2]).all()  # absent class never wins
+    covs = stats.covariances().numpy()
+    means = stats.means().numpy()
+    for c in (0, 1):
+        ref = multivariate_normal(means[c], covs[c] + gaussians.jitter * np.eye(dim),
+                                  allow_singular=True).logpdf(x)
+        np.testing.assert_allclose(logp[:, c].numpy(), ref, rtol=1e-6)
+
+
+def test_state_dict_round_trip(tmp_path):
+    rng = np.random.default_rng(6)
+    covs = torch.tensor(np.stack([random_spd(rng, 4) for _ in range(2)]))
+    gaussians = ClassGaussians.fit(torch.tensor(rng.normal(size=(2, 4))), covs)
+    torch.save(gaussians.state_dict(), tmp_path / "g.pt")
+    restored = ClassGaussians.from_state_dict(torch.load(tmp_path / "g.pt"))
+    x = torch.randn(7, 4)
+    assert torch.equal(restored.log_prob(x), gaussians.log_prob(x))
+    assert restored.jitter == gaussians.jitter
+    other = ClassGaussians.fit(torch.zeros(2, 4, dtype=torch.float64), covs)
+    assert torch.equal(other.load_state_dict(gaussians.state_dict()).log_prob(x),
+                       gaussians.log_prob(x))
+    assert gaussians.to("cpu") is gaussians
+
+
+# ---- quantile bounds --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("q", [0.0, 0.05, 0.5, 0.99, 1.0])
+def test_quantile_bounds_match_numpy(q):
+    rng = np.random.default_rng(7)
+    num_classes = 5
+    labels = rng.integers(0, num_classes + 1, size=300)  # includes K (ignored)
+    labels[labels == 3] = 0  # class 3 has no samples
+    labels[0] = 4  # class 4 keeps at least one sample
+    values = rng.normal(size=(300, num_classes))
+    bounds = quantile_bounds(torch.tensor(values), torch.tensor(labels), num_classes, q)
+    own = values[np.arange(300), np.clip(labels, 0, num_classes - 1)]
+    for c in range(num_classes):
+        if c == 3:
+            assert bounds[c].item() == -np.inf
+        else:
+            assert bounds[c].item() == pytest.approx(np.quantile(own[labels == c], q), rel=1e-12)
+    bounds_1d = quantile_bounds(torch.tensor(own), torch.tensor(labels), num_classes, q)
+    assert torch.allclose(bounds, bounds_1d)

@@ -1,0 +1,55 @@
+"""Each plot writes a non-empty PNG that PIL can open."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from utils import metrics, plots
+
+
+def assert_png(path):
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size[0] > 100 and image.size[1] > 100
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    num_classes = 3
+    labels = rng.integers(0, num_classes + 1, size=120)
+    scores = rng.normal(size=120) + (labels < num_classes)
+    pred = np.clip(labels, 0, num_classes - 1)
+    return scores, pred, labels, num_classes
+
+
+def test_plot_roc(tmp_path, data):
+    scores, _, labels, num_classes = data
+    known = labels < num_classes
+    fpr, tpr, _ = metrics.roc_points(scores, known)
+    path = plots.plot_roc(fpr, tpr, metrics.auroc(scores, known), tmp_path / "roc.png",
+                          fpr_at_95=metrics.fpr_at_tpr(scores, known))
+    assert_png(path)
+
+
+def test_plot_f1_curve(tmp_path, data):
+    scores, pred, labels, num_classes = data
+    thresholds, f1 = metrics.macro_f1_curve(scores, pred, labels, num_classes)
+    t95 = metrics.threshold_at_tpr(scores, labels < num_classes)
+    assert_png(plots.plot_f1_curve(thresholds, f1, tmp_path / "sub" / "f1.png", threshold_95=t95))
+
+
+def test_plot_score_histograms(tmp_path, data):
+    scores, _, labels, num_classes = data
+    known = labels < num_classes
+    assert_png(plots.plot_score_histograms(scores[known], scores[~known], tmp_path / "h.png",
+                                           threshold=0.0))
+
+
+@pytest.mark.parametrize("num_classes", [3, 15])
+def test_plot_tsne_subsamples_and_marks_unknown(tmp_path, num_classes):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, num_classes + 1, size=90)
+    features = rng.normal(size=(90, 8)) + labels[:, None]
+    path = plots.plot_tsne(features, labels, num_classes, tmp_path / "tsne.png", max_points=60)
+    assert_png(path)

@@ -1,0 +1,140 @@
+"""Training end to end on the embedded digits data: the loss falls, resuming is exact,
+the class statistics match numpy, fine-tuning freezes the backbone, weights load by name."""
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import main as train_script
+from models.backbones import build_backbone
+from models.vmdls import VMDLS
+from models.weights import load_backbone_weights
+
+TINY = [
+    "--enc_type", "mnist-conv", "--enc_out_dim", "500", "--latent_dim", "8",
+    "--known_dataset", "digits", "--unknown_dataset", "digits_unknown", "--class_num", "4",
+    "--data_transforms", "blob", "--input_height", "28", "--batch_classes", "4", "--sample_count", "8",
+    "--batch_size", "256", "--opt", "adam", "--lr", "0.001", "--accelerator", "cpu",
+    "--num_workers", "0", "--offline", "--lower_bound", "0.05", "--seed", "3",
+]
+
+
+def train(output_dir, *extra):
+    return train_script.main(TINY + ["--output_dir", str(output_dir), *extra])
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_two_epochs_lower_the_training_loss(tmp_path):
+    last = train(tmp_path, "--max_epochs", "2", "--limit_train_batches", "12",
+                 "--generation_epoch", "5", "--margins_epoch", "100")
+    assert os.path.isfile(last)
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    per_epoch = metrics.dropna(subset=["train_loss_epoch"]).set_index("epoch")["train_loss_epoch"]
+    assert list(per_epoch.index) == [0, 1]
+    assert per_epoch[1] < per_epoch[0]
+    assert (tmp_path / "hparams.yaml").is_file() and (tmp_path / "args.json").is_file()
+    # epoch 1 validates with epoch 0's statistics: the diagnostics are logged
+    assert metrics["val_f1_macro"].notna().any() and metrics["val_accuracy_known"].notna().any()
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    common = ("--generation_epoch", "1", "--margins_epoch", "0", "--margin_jump", "0.5",
+              "--limit_train_batches", "6")
+    whole = load(train(tmp_path / "whole", "--max_epochs", "3", *common))
+    first = train(tmp_path / "first", "--max_epochs", "1", *common)
+    resumed = load(train(tmp_path / "resumed", "--max_epochs", "3", "--checkpoint_path", first, *common))
+    assert resumed["epoch"] == whole["epoch"]
+    assert resumed["margin_distance"] == pytest.approx(whole["margin_distance"])
+    assert whole["margin_distance"] == pytest.approx(0.15 + 3 * 0.5)
+    for key in ("class_means", "class_covs", "class_bounds", "finished_epochs"):
+        torch.testing.assert_close(resumed["state_dict"][key], whole["state_dict"][key], rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(whole["state_dict"]["class_bounds"]).all()
+    for key, value in whole["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-4, atol=1e-5)
+
+
+def make_model(class_num=3, latent_dim=4, **kwargs):
+    return VMDLS(input_height=28, enc_type="mnist-conv", enc_out_dim=500, latent_dim=latent_dim,
+                 class_num=class_num, in_channels=1, **kwargs)
+
+
+def test_epoch_statistics_match_numpy_with_absent_classes():
+    model = make_model(class_num=3, latent_dim=4)
+    rng = np.random.default_rng(0)
+    batches = [(rng.normal(size=(7, 4)), rng.choice([0, 2], size=7)),   # class 1 absent here
+               (rng.normal(size=(5, 4)), rng.choice([1, 2], size=5)),   # class 0 absent here
+               (rng.normal(size=(6, 4)), rng.integers(0, 3, size=6))]
+    for z, y in batches:
+        model._accumulate(torch.tensor(z, dtype=torch.float32), torch.tensor(y))
+    model.finish_epoch_statistics()
+    z = np.concatenate([b[0] for b in batches]).astype(np.float32).astype(np.float64)
+    y = np.concatenate([b[1] for b in batches])
+    for c in range(3):
+        rows = z[y == c]
+        np.testing.assert_allclose(model.class_means[c].numpy(), rows.mean(0), rtol=1e-6)
+        np.testing.assert_allclose(model.class_covs[c].numpy(), np.cov(rows.T, bias=True), rtol=1e-5, atol=1e-7)
+    assert int(model.finished_epochs) == 1
+    assert float(model.epoch_stats.count.sum()) == 0  # the sums start over
+
+
+def test_bounds_are_quantiles_of_own_class_log_likelihood():
+    model = make_model(class_num=2, latent_dim=3, lower_bound=0.2)
+    rng = np.random.default_rng(1)
+    first = torch.tensor(rng.normal(size=(40, 3)), dtype=torch.float32), torch.tensor(rng.integers(0, 2, 40))
+    model._accumulate(*first)
+    model.finish_epoch_statistics()
+    gaussians = model.class_gaussians()
+    second = torch.tensor(rng.normal(size=(30, 3)), dtype=torch.float32), torch.tensor(rng.integers(0, 2, 30))
+    model._accumulate(*second)
+    expected_ll = gaussians.log_prob(second[0]).numpy()[np.arange(30), second[1].numpy()]
+    model.finish_epoch_statistics()
+    for c in range(2):
+        np.testing.assert_allclose(float(model.class_bounds[c]),
+                                   np.quantile(expected_ll[second[1].numpy() == c], 0.2), rtol=1e-9)
+
+
+def test_predict_with_bounds_marks_unknown():
+    model = make_model(class_num=2, latent_dim=2)
+    model.class_means.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0]], dtype=torch.float64))
+    model.class_covs.copy_(torch.eye(2, dtype=torch.float64).expand(2, 2, 2))
+    model.finished_epochs += 1
+    model.class_bounds.fill_(-2 * math.log(2 * math.pi) / 2 - 2.0)  # accepts within ~2 units
+    mu = torch.tensor([[0.1, 0.0], [9.9, 10.0], [5.0, 5.0]])
+    assert model.predict_with_bounds(mu).tolist() == [0, 1, 2]
+
+
+def test_weights_load_by_name_and_report(tmp_path):
+    source = build_backbone("mnist-conv")
+    state = {f"module.{k}": v.clone() + 1.0 for k, v in source.state_dict().items()}
+    state["module.extra.weight"] = torch.zeros(3)
+    first = next(iter(source.state_dict()))
+    state[f"module.{first}"] = torch.zeros(1)  # wrong shape: skipped, reported
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "w.pth.tar")
+    target = build_backbone("mnist-conv")
+    report = load_backbone_weights(target, str(tmp_path / "w.pth.tar"))
+    assert report.unused == ["module.extra.weight"]
+    assert report.mismatched == [first]
+    assert len(report.loaded) == len(source.state_dict()) - 1
+    for name in report.loaded:
+        torch.testing.assert_close(target.state_dict()[name], source.state_dict()[name] + 1.0)
+    assert "loaded" in report.summary()
+
+
+def test_finetune_trains_heads_first_then_everything(tmp_path):
+    weights = build_backbone("mnist-conv").state_dict()
+    torch.save({"state_dict": weights}, tmp_path / "backbone.pt")
+    args = ("--finetune", "--weights", str(tmp_path / "backbone.pt"), "--finetune_epochs", "1",
+            "--finetune_lr", "0.01", "--limit_train_batches", "3", "--generation_epoch", "9")
+    heads_only = load(train(tmp_path / "a", "--max_epochs", "1", *args))["state_dict"]
+    for key, value in weights.items():
+        if value.is_floating_point() and "running" not in key:
+            torch.testing.assert_close(heads_only[f"encoder.{key}"], value)
+    both = load(train(tmp_path / "b", "--max_epochs", "2", *args))["state_dict"]
+    changed = [k for k, v in weights.items() if v.is_floating_point() and not torch.equal(both[f"encoder.{k}"], v)]
+    assert changed, "the backbone should train after the head-only epochs"

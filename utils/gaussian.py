@@ -1,0 +1,408 @@
+"""Per-class Gaussians in a feature space: running statistics, shared jitter, log-densities.
+
+The same machinery serves two places of METHOD.md:
+
+* section 2 ("Class statistics"): during training, per-class count / sum / sum of outer
+  products of z, the class Gaussians fitted from them, and the per-class "bound" (a
+  quantile of the training samples' log-likelihood under their own class);
+* section 3 steps 1-2 ("Fit" and "Score"): the class Gaussians of the feature-ensemble
+  vector f(x), with one shared jitter lambda * I, and l_c(x) = log N(f(x); m_c, S_c + lambda I).
+
+Everything is accumulated and evaluated in float64: the feature ensembles are up to a few
+thousand dimensions wide and nearly singular, where float32 Cholesky factors are unusable.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import torch
+
+from utils.errors import UserError
+
+# Largest number of float64 values one batched intermediate may hold (128 MiB): bounds
+# the memory of log_prob's [K, N, D] differences and of the jitter ladder's factorisations.
+_CHUNK_DOUBLES = 1 << 24
+
+# The jitter ladder gives up beyond this many steps (1e-6 * 2**40 ~ 1.1e6): a covariance
+# that needs a larger ridge than that is broken (NaN / Inf features), not ill-conditioned.
+DEFAULT_MAX_STEPS = 1 << 40
+
+
+# --------------------------------------------------------------------------------------
+# Running per-class statistics (METHOD.md section 2 "Class statistics", section 3 step 1)
+# --------------------------------------------------------------------------------------
+
+
+class ClassStatistics(torch.nn.Module):
+    """Per-class running count, sum and sum of outer products, in float64.
+
+    Held as registered buffers so they follow ``.to(device)`` and land in checkpoints.
+    Accumulating sums (rather than assigning per batch) fixes the original's bug of
+    METHOD.md section 6, where the feature-ensemble statistics were overwritten by each
+    batch.
+    """
+
+    count: torch.Tensor
+    sum: torch.Tensor
+    outer: torch.Tensor
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        if num_classes < 1 or dim < 1:
+            raise ValueError(f"need num_classes >= 1 and dim >= 1, got {num_classes} and {dim}")
+        self.num_classes = int(num_classes)
+        self.dim = int(dim)
+        self.register_buffer("count", torch.zeros(num_classes, dtype=torch.float64))
+        self.register_buffer("sum", torch.zeros(num_classes, dim, dtype=torch.float64))
+        self.register_buffer("outer", torch.zeros(num_classes, dim, dim, dtype=torch.float64))
+
+    def reset(self) -> None:
+        """Zero every running sum (start of an epoch / of a fitting pass)."""
+        self.count.zero_()
+        self.sum.zero_()
+        self.outer.zero_()
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Add a batch: x [N, D] features, y [N] integer labels.
+
+        Labels outside 0..K-1 are skipped, so a batch may carry the "unknown" label K.
+        """
+        x, y = self._known_rows(x, y)
+        if y.numel() == 0:
+            return
+        self.count.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
+        self.sum.index_add_(0, y, x)
+        self._add_per_class_outer_products(x, y)
+
+    def _add_per_class_outer_products(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """outer[c] += sum over the batch rows of class c of x x^T, for every class at once.
+
+        The rows are scattered into a zero-padded [C, max_count, D] block (one slab per
+        class present), so one batched matmul gives every X_c^T X_c: N*D^2 work, where a
+        per-sample [N, D, D] outer product would need N*D^2 memory (gigabytes for the
+        feature ensembles) and a one-hot matmul K times the work.
+        """
+        classes, compact, counts = torch.unique(y, return_inverse=True, return_counts=True)
+        order = torch.argsort(compact, stable=True)
+        sorted_compact = compact[order]
+        offsets = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(y.numel(), device=y.device) - offsets[sorted_compact]
+        padded = x.new_zeros(classes.numel(), int(counts.max()), self.dim)
+        padded[sorted_compact, rank] = x[order]
+        padded_t = padded.transpose(1, 2).contiguous()
+        if classes.numel() == self.num_classes:
+            # Every class in the batch (the usual case when fitting on a whole training
+            # set): accumulate in place, with no [K, D, D] temporary.
+            self.outer.baddbmm_(padded_t, padded)
+            return
+        # Chunk the classes so the [C, D, D] temporary stays bounded for wide features.
+        per_chunk = _classes_per_chunk(self.dim)
+        for start in range(0, classes.numel(), per_chunk):
+            stop = start + per_chunk
+            self.outer.index_add_(0, classes[start:stop],
+                                  torch.bmm(padded_t[start:stop], padded[start:stop]))
+
+    def _known_rows(self, x: torch.Tensor, y: torch.Tensor):
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected features of shape [N, {self.dim}], got {tuple(x.shape)}")
+        if y.dim() != 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"expected labels of shape [{x.shape[0]}], got {tuple(y.shape)}")
+        device = self.count.device
+        x = x.detach().to(device=device, dtype=torch.float64)
+        y = y.detach().to(device=device, dtype=torch.long)
+        keep = (y >= 0) & (y < self.num_classes)
+        return x[keep], y[keep]
+
+    def all_reduce(self) -> None:
+        """Sum the buffers over all processes (DDP); a no-op in a single process."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        for buffer in (self.count, self.sum, self.outer):
+            torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.SUM)
+
+    def present(self) -> torch.Tensor:
+        """Bool mask [K] of the classes that have at least one sample."""
+        return self.count > 0
+
+    def means(self) -> torch.Tensor:
+        """Per-class means m_c = sum / count, [K, D] float64 (NaN for absent classes)."""
+        return self.sum / self.count.unsqueeze(1)
+
+    def covariances(self) -> torch.Tensor:
+        """Population covariances S_c = outer / count - m m^T, symmetrised, [K, D, D] float64.
+
+        The (S + S^T) / 2 removes the rounding asymmetry that would otherwise make
+        Cholesky fail on an exactly symmetric-in-theory matrix. NaN for absent classes.
+        """
+        m = self.means()
+        cov = self.outer / self.count.view(-1, 1, 1) - m.unsqueeze(2) * m.unsqueeze(1)
+        return 0.5 * (cov + cov.transpose(1, 2))
+
+
+# --------------------------------------------------------------------------------------
+# Shared jitter (METHOD.md section 3 step 1)
+# --------------------------------------------------------------------------------------
+
+
+def _classes_per_chunk(dim: int) -> int:
+    return max(1, _CHUNK_DOUBLES // max(1, dim * dim))
+
+
+def _all_factorise(covs: torch.Tensor, lam: float) -> bool:
+    """True when Cholesky of S_c + lam I succeeds for every class c."""
+    eye = torch.eye(covs.shape[-1], dtype=covs.dtype, device=covs.device)
+    step = _classes_per_chunk(covs.shape[-1])
+    for start in range(0, covs.shape[0], step):
+        _, info = torch.linalg.cholesky_ex(covs[start:start + step] + lam * eye)
+        if bool((info != 0).any()):
+            return False
+    return True
+
+
+def smallest_working_step(covs: torch.Tensor, step: float = 1e-6,
+                          max_steps: int = DEFAULT_MAX_STEPS) -> int:
+    """The smallest k >= 0 with every S_c + k*step*I Cholesky-factorisable.
+
+    Exponential search then bisection on k (success is monotone in k: adding a ridge
+    only raises eigenvalues), so a covariance that needs k ~ 1e6 costs ~40
+    factorisations, not a million.
+    """
+    covs = covs.to(torch.float64)
+    if not bool(torch.isfinite(covs).all()):
+        raise UserError("The class covariances contain NaN or Inf values, so the features "
+                        "(or an empty class) cannot be fitted with Gaussians.")
+    if _all_factorise(covs, 0.0):
+        return 0
+    failing, working = 0, 1
+    while not _all_factorise(covs, working * step):
+        failing = working
+        working *= 2
+        if working > max_steps:
+            raise UserError(
+                f"No jitter up to {max_steps * step:g} makes every class covariance positive "
+                "definite; the features are probably broken (e.g. enormous values).")
+    # Invariant: `failing` fails (or is 0, which failed above), `working` succeeds.
+    while working - failing > 1:
+        middle = (failing + working) // 2
+        if _all_factorise(covs, middle * step):
+            working = middle
+        else:
+            failing = middle
+    return working
+
+
+def jitter_ladder(covs: torch.Tensor, step: float = 1e-6, extra_steps: int = 2,
+                  max_steps: int = DEFAULT_MAX_STEPS) -> float:
+    """The shared jitter lambda of METHOD.md section 3 step 1.
+
+    lambda = (k + extra_steps) * step, where k is the smallest integer >= 0 such that
+    Cholesky succeeds for S_c + k*step*I for every class c; the extra steps keep a margin
+    so that the factorisation is not on the edge of failure.
+    """
+    k = smallest_working_step(covs, step=step, max_steps=max_steps)
+    return (k + extra_steps) * step
+
+
+# --------------------------------------------------------------------------------------
+# The class Gaussians (METHOD.md section 3 steps 1-2; section 2 validation)
+# --------------------------------------------------------------------------------------
+
+
+def _cholesky_or_error(covs: torch.Tensor, lam: float) -> torch.Tensor:
+    eye = torch.eye(covs.shape[-1], dtype=covs.dtype, device=covs.device)
+    chol, info = torch.linalg.cholesky_ex(covs + lam * eye)
+    if bool((info != 0).any()):
+        raise UserError(f"Cholesky failed with jitter {lam:g}; the class covariances are not "
+                        "symmetric positive semi-definite.")
+    return chol
+
+
+class ClassGaussians:
+    """N(m_c, S_c + lambda I) for every class c, stored as means and Cholesky factors.
+
+    Classes marked absent (no samples) get log-density -inf, so they never win an argmax.
+    """
+
+    def __init__(self, means: torch.Tensor, chol: torch.Tensor, jitter: float,
+                 present: Optional[torch.Tensor] = None):
+        self.means = means.to(torch.float64)
+        self.chol = chol.to(torch.float64)
+        self.jitter = float(jitter)
+        if present is None:
+            present = torch.ones(self.means.shape[0], dtype=torch.bool, device=self.means.device)
+        self.present = present.to(device=self.means.device, dtype=torch.bool)
+        # log|S| = 2 sum log diag(L)
+        self.log_det = 2.0 * torch.log(torch.diagonal(self.chol, dim1=-2, dim2=-1)).sum(-1)
+
+    @property
+    def num_classes(self) -> int:
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.means.device
+
+    # ---- fitting ----------------------------------------------------------------------
+
+    @classmethod
+    def fit(cls, means: torch.Tensor, covs: torch.Tensor, step: float = 1e-6,
+            extra_steps: int = 2, present: Optional[torch.Tensor] = None,
+            max_steps: int = DEFAULT_MAX_STEPS) -> "ClassGaussians":
+        """Fit from per-class means [K, D] and covariances [K, D, D] (METHOD.md 3.1).
+
+        The jitter is shared by all classes and searched only over the present ones;
+        absent classes (``present`` False, or non-finite mean) get an identity factor as
+        a placeholder and a log-density of -inf.
+        """
+        means = means.to(torch.float64)
+        covs = covs.to(torch.float64)
+        if present is None:
+            present = torch.isfinite(means).all(dim=1)
+        present = present.to(device=means.device, dtype=torch.bool)
+        if not bool(present.any()):
+            raise UserError("No class has any sample, so no class Gaussian can be fitted.")
+        lam = jitter_ladder(covs[present], step=step, extra_steps=extra_steps,
+                            max_steps=max_steps)
+        eye = torch.eye(means.shape[1], dtype=torch.float64, device=means.device)
+        chol = eye.expand_as(covs).clone()
+        chol[present] = _cholesky_or_error(covs[present], lam)
+        means = torch.where(present.unsqueeze(1), means, torch.zeros_like(means))
+        return cls(means, chol, lam, present)
+
+    @classmethod
+    def from_statistics(cls, stats: ClassStatistics, step: float = 1e-6,
+                        extra_steps: int = 2) -> "ClassGaussians":
+        """Fit from accumulated ClassStatistics (absent classes are skipped)."""
+        return cls.fit(stats.means(), stats.covariances(), step=step,
+                       extra_steps=extra_steps, present=stats.present())
+
+    # ---- scoring ----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """l_c(x) = log N(x; m_c, S_c + lambda I) for every row and class, [N, K] float64.
+
+        METHOD.md section 3 step 2. x may be any float dtype on any device; the result
+        lives on this object's device. Rows are processed in chunks so the [K, n, D]
+        intermediate stays within ~128 MiB.
+        """
+        if x.dim() != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected features of shape [N, {self.dim}], got {tuple(x.shape)}")
+        x = x.detach().to(device=self.device, dtype=torch.float64)
+        rows = max(1, _CHUNK_DOUBLES // (self.num_classes * self.dim))
+        out = [self._log_prob_chunk(x[i:i + rows]) for i in range(0, x.shape[0], rows)]
+        if not out:
+            return torch.empty(0, self.num_classes, dtype=torch.float64, device=self.device)
+        return torch.cat(out, dim=0)
+
+    def _log_prob_chunk(self, x: torch.Tensor) -> torch.Tensor:
+        # Mahalanobis distance via L^{-1}(x - m): one batched triangular solve for all
+        # classes, [K, D, n].
+        diff = (x.unsqueeze(0) - self.means.unsqueeze(1)).transpose(1, 2)
+        whitened = torch.linalg.solve_triangular(self.chol, diff, upper=False)
+        mahalanobis = whitened.pow(2).sum(dim=1)  # [K, n]
+        log_norm = self.dim * math.log(2.0 * math.pi) + self.log_det  # [K]
+        logp = -0.5 * (mahalanobis + log_norm.unsqueeze(1))
+        logp = torch.where(self.present.unsqueeze(1), logp, torch.full_like(logp, -math.inf))
+        return logp.transpose(0, 1)
+
+    # ---- device and persistence -------------------------------------------------------
+
+    def to(self, device) -> "ClassGaussians":
+        """Move to ``device`` in place and return self."""
+        self.means = self.means.to(device)
+        self.chol = self.chol.to(device)
+        self.log_det = self.log_det.to(device)
+        self.present = self.present.to(device)
+        return self
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        """A plain dict of tensors, suitable for torch.save."""
+        return {
+            "means": self.means,
+            "chol": self.chol,
+            "jitter": torch.tensor(self.jitter, dtype=torch.float64),
+            "log_det": self.log_det,
+            "present": self.present,
+        }
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> "ClassGaussians":
+        """Replace this object's contents with ``state`` (from state_dict); returns self."""
+        loaded = ClassGaussians.from_state_dict(state)
+        self.__dict__.update(loaded.__dict__)
+        return self
+
+    @classmethod
+    def from_state_dict(cls, state: Dict[str, torch.Tensor]) -> "ClassGaussians":
+        """Rebuild a ClassGaussians saved with state_dict()."""
+        return cls(state["means"], state["chol"], float(state["jitter"]), state.get("present"))
+
+
+def fit_class_gaussians(stats_or_means, covs: Optional[torch.Tensor] = None,
+                        step: float = 1e-6, extra_steps: int = 2) -> ClassGaussians:
+    """ClassGaussians from a ClassStatistics, or from means [K, D] and covs [K, D, D]."""
+    if isinstance(stats_or_means, ClassStatistics):
+        return ClassGaussians.from_statistics(stats_or_means, step=step, extra_steps=extra_steps)
+    if covs is None:
+        raise ValueError("covariances are required when fitting from means")
+    return ClassGaussians.fit(stats_or_means, covs, step=step, extra_steps=extra_steps)
+
+
+# --------------------------------------------------------------------------------------
+# Class bounds (METHOD.md section 2 "Class statistics" and "Validation")
+# --------------------------------------------------------------------------------------
+
+
+def quantile_bounds(log_likelihoods: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                    q: float) -> torch.Tensor:
+    """Per class c, the q-quantile of its training samples' log-likelihood under class c.
+
+    ``log_likelihoods`` is either [N] (each sample's value under its own class) or
+    [N, K] (all classes; the own-class column is taken). Linear interpolation, as
+    torch.quantile / np.quantile by default. Samples with labels outside 0..K-1 are
+    ignored; classes with no samples get -inf. Returns [K] float64.
+
+    Vectorised over classes: values are sorted by (class, value) and each class's
+    quantile is read from its own segment of the sorted array.
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {q}")
+    labels = labels.detach().to(device=log_likelihoods.device, dtype=torch.long).reshape(-1)
+    values = _own_class_values(log_likelihoods.detach().to(torch.float64), labels)
+    keep = (labels >= 0) & (labels < num_classes)
+    values, labels = values[keep], labels[keep]
+
+    bounds = torch.full((num_classes,), -math.inf, dtype=torch.float64, device=values.device)
+    if values.numel() == 0:
+        return bounds
+    # Stable sort by value, then by label: each class's values end up contiguous, sorted.
+    by_value = torch.argsort(values, stable=True)
+    by_label = torch.argsort(labels[by_value], stable=True)
+    sorted_values = values[by_value][by_label]
+
+    counts = torch.bincount(labels, minlength=num_classes)
+    offsets = torch.cumsum(counts, 0) - counts
+    has = counts > 0
+    position = q * (counts[has] - 1).to(torch.float64)
+    below = torch.floor(position).long()
+    above = torch.minimum(below + 1, counts[has] - 1)
+    low = sorted_values[offsets[has] + below]
+    high = sorted_values[offsets[has] + above]
+    bounds[has] = low + (position - below.to(torch.float64)) * (high - low)
+    return bounds
+
+
+def _own_class_values(log_likelihoods: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    if log_likelihoods.dim() == 1:
+        return log_likelihoods
+    if log_likelihoods.dim() != 2:
+        raise ValueError("log-likelihoods must be [N] or [N, K]")
+    columns = labels.clamp(0, log_likelihoods.shape[1] - 1)
+    return log_likelihoods.gather(1, columns.unsqueeze(1)).squeeze(1)
