@@ -1,0 +1,203 @@
+"""The Lightning data module: class-balanced training batches, known + unknown test sets."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from utils.errors import UserError
+
+from .images import ImageDataset, fit_to_shape
+from .registry import get_known_dataset, get_unknown_dataset
+from .sampler import BalancedBatchSampler
+from .transforms import BatchTransform, normalization_for
+
+
+class _Resized(ImageDataset):
+    """A view of an image dataset with every image resized to ``image_shape``."""
+
+    def __init__(self, base: ImageDataset, image_shape):
+        self.base = base
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.targets = base.targets
+        self.num_classes = base.num_classes
+        self.name = getattr(base, "name", "")
+
+    def __getitem__(self, index):
+        x, y = self.base[index]
+        return fit_to_shape(x, self.image_shape), y
+
+
+class KnownUnknownDataModule(pl.LightningDataModule):
+    """Known training set with class-balanced batches; known + unknown test set.
+
+    * ``train_dataloader``: :class:`BalancedBatchSampler` batches of ``batch_classes``
+      classes x ``sample_count`` images of the known training set.
+    * ``val_dataloader`` / ``test_dataloader``: the known test set (labels
+      ``0..class_num-1``) followed by the unknown set (label ``class_num``), in order.
+    * ``fit_dataloader``: the known training set in order, without augmentation (to fit
+      the class Gaussians).
+
+    Items are un-normalised ``[0, 1]`` images; :meth:`on_after_batch_transfer` augments
+    (training only) and normalises whole batches on the device with
+    :class:`BatchTransform`. Scripts with their own loops call :meth:`preprocess`.
+    The LightningModule must not override ``on_after_batch_transfer`` itself.
+
+    The known images keep their own size: ``input_height`` is only recorded (the
+    caller checks it against :attr:`image_shape`), unless ``resize_known=True``, which
+    resizes known images to ``input_height x input_height``. The unknown set is always
+    brought to the known set's shape.
+
+    The training sampler shards batches across DDP processes itself, so the Trainer
+    must be built with ``use_distributed_sampler=False``.
+    """
+
+    def __init__(
+        self,
+        known_dataset: str = "mnist",
+        unknown_dataset: str = "omniglot",
+        data_dir: str = "./data",
+        class_num: int = 10,
+        data_transforms: str = "mnist",
+        input_height: int = 28,
+        batch_classes: int = 10,
+        sample_count: int = 40,
+        batch_size: int = 256,
+        num_workers: Optional[int] = None,
+        seed: int = 0,
+        download: bool = True,
+        resize_known: bool = False,
+    ):
+        super().__init__()
+        normalization_for(data_transforms, 1)  # validates the name early
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UserError(f"batch_size must be a positive whole number (got {batch_size!r}): pass e.g. --batch_size 256.")
+        if input_height is not None and (
+            isinstance(input_height, bool) or not isinstance(input_height, int) or input_height < 1
+        ):
+            raise UserError(
+                f"input_height must be a positive whole number (got {input_height!r}): pass e.g. --input_height 28."
+            )
+        if num_workers is None:
+            num_workers = min(4, os.cpu_count() or 1)
+        if num_workers < 0:
+            raise UserError(f"num_workers must be 0 or more (got {num_workers}): pass e.g. --num_workers 4.")
+        self.known_dataset = known_dataset
+        self.unknown_dataset = unknown_dataset
+        self.data_dir = data_dir
+        self.class_num = class_num
+        self.data_transforms = data_transforms
+        self.input_height = input_height
+        self.batch_classes = batch_classes
+        self.sample_count = sample_count
+        self.batch_size = batch_size
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        self.download = bool(download)
+        self.resize_known = bool(resize_known)
+        if self.resize_known and input_height is None:
+            raise UserError("resize_known needs an input_height: pass e.g. --input_height 32.")
+
+        self.train_set: Optional[Dataset] = None
+        self.known_test_set: Optional[Dataset] = None
+        self.unknown_test_set: Optional[Dataset] = None
+        self.test_set: Optional[ConcatDataset] = None
+        self.train_transform: Optional[BatchTransform] = None
+        self.eval_transform: Optional[BatchTransform] = None
+
+    # ------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.class_num
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        if self.train_set is None:
+            self.setup()
+        return self.train_set.image_shape  # type: ignore[union-attr]
+
+    def prepare_data(self) -> None:
+        """Download what is missing (on one process); loading happens in :meth:`setup`."""
+        if self.download:
+            self.setup()
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Build the datasets and transforms once (later calls do nothing)."""
+        if self.train_set is not None:
+            return
+        train = get_known_dataset(self.known_dataset, self.data_dir, self.class_num, True, self.download)
+        known_test = get_known_dataset(self.known_dataset, self.data_dir, self.class_num, False, self.download)
+        shape = tuple(train.image_shape)
+        if self.resize_known and shape[1:] != (self.input_height, self.input_height):
+            shape = (shape[0], self.input_height, self.input_height)
+            train, known_test = _Resized(train, shape), _Resized(known_test, shape)
+        unknown = get_unknown_dataset(
+            self.unknown_dataset, self.data_dir, self.class_num, shape, train=False, seed=self.seed,
+            download=self.download,
+        )
+        self.train_transform = BatchTransform(self.data_transforms, shape, train=True)
+        self.eval_transform = BatchTransform(self.data_transforms, shape, train=False)
+        self.known_test_set = known_test
+        self.unknown_test_set = unknown
+        self.test_set = ConcatDataset([known_test, unknown])
+        self.train_set = train  # last: marks setup as done
+
+    # ------------------------------------------------------------------
+    def _loader_kwargs(self, persistent: bool = True) -> dict:
+        kw = dict(num_workers=self.num_workers, pin_memory=torch.cuda.is_available())
+        if self.num_workers > 0 and persistent:
+            kw["persistent_workers"] = True
+        return kw
+
+    def train_sampler(self) -> BalancedBatchSampler:
+        self.setup()
+        return BalancedBatchSampler(
+            self.train_set.targets, self.batch_classes, self.sample_count, seed=self.seed  # type: ignore[union-attr]
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        # A private generator: creating the iterator then draws no number from the global
+        # RNG, so the z samples and augmentations after a resume match an uninterrupted run.
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_set, batch_sampler=self.train_sampler(), generator=generator,
+                          **self._loader_kwargs())
+
+    def _sequential(self, dataset: Dataset, persistent: bool = True) -> DataLoader:
+        return DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=False, drop_last=False, **self._loader_kwargs(persistent)
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._sequential(self.test_set)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup()
+        return self._sequential(self.test_set)
+
+    def fit_dataloader(self) -> DataLoader:
+        """The known training set in order, un-augmented (batches still go through eval preprocessing)."""
+        self.setup()
+        return self._sequential(self.train_set, persistent=False)
+
+    # ------------------------------------------------------------------
+    def preprocess(self, x: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """Augment (if ``train``) and normalise a batch of [0, 1] images, on its device."""
+        self.setup()
+        transform = self.train_transform if train else self.eval_transform
+        return transform.to(x.device)(x)  # type: ignore[union-attr]
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        trainer = getattr(self, "trainer", None)
+        training = bool(getattr(trainer, "training", False)) if trainer is not None else False
+        if isinstance(batch, (list, tuple)) and len(batch) >= 1 and isinstance(batch[0], torch.Tensor):
+            x = self.preprocess(batch[0], train=training)
+            return (x, *batch[1:]) if isinstance(batch, tuple) else [x, *batch[1:]]
+        if isinstance(batch, torch.Tensor):
+            return self.preprocess(batch, train=training)
+        return batch
