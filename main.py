@@ -28,7 +28,6 @@ from utils.errors import UserError  # noqa: E402
 from utils.flags import add_data_args, add_model_args, add_run_args  # noqa: E402
 from utils.loggers import build_loggers, write_json  # noqa: E402
 
-FINETUNE_HEAD_EPOCHS = 20
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +69,7 @@ def build_callbacks(args: argparse.Namespace, checkpoint_dir: str) -> tuple[list
         checkpoint,
     ]
     if args.finetune:
-        callbacks.insert(2, FinetuneSchedule(FINETUNE_HEAD_EPOCHS))
+        callbacks.insert(2, FinetuneSchedule(args.finetune_epochs))
     return callbacks, checkpoint
 
 
@@ -87,8 +86,7 @@ def main(argv: list[str] | None = None) -> str:
     datamodule = build_datamodule(args)
 
     hparams = {k: v for k, v in vars(args).items() if k not in ("checkpoint_path",)}
-    model = VMDLS(**hparams, in_channels=datamodule.image_shape[0],
-                  finetune_epochs=FINETUNE_HEAD_EPOCHS)
+    model = VMDLS(**hparams, in_channels=datamodule.image_shape[0])
     if args.weights and not args.checkpoint_path:
         print(load_backbone_weights(model.encoder, args.weights).summary())
 

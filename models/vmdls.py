@@ -164,7 +164,7 @@ class VMDLS(pl.LightningModule):
         self._epoch_labels.clear()
 
     def _gather(self, values: torch.Tensor) -> torch.Tensor:
-        if self.trainer is None or self.trainer.world_size == 1:
+        if self._trainer is None or self._trainer.world_size == 1:
             return values
         return self.all_gather(values).reshape(-1)
 
@@ -201,7 +201,7 @@ class VMDLS(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def in_head_only_phase(self) -> bool:
-        epoch = max(self.current_epoch if self._trainer is not None else 0, self._resumed_epoch)
+        epoch = max(self.current_epoch, self._resumed_epoch)
         return bool(self.hparams.finetune) and epoch < self.hparams.finetune_epochs
 
     def configure_optimizers(self):

@@ -51,6 +51,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--weights", default=None, type=str, help="backbone weights (a state_dict) to start from")
     group.add_argument("--finetune", action="store_true", help="train only the heads for 20 epochs first")
     group.add_argument("--finetune_lr", type=float, default=1e-4)
+    group.add_argument("--finetune_epochs", type=int, default=20,
+                       help="with --finetune: epochs that train only the heads (the paper: 20)")
     group.add_argument("--checkpoint_path", default=None, type=str)
     group.add_argument("--log_tsne", action="store_true")
     group.add_argument("--ae_features", action="store_true", help="weight scores by autoencoder reconstruction")
