@@ -38,6 +38,9 @@ from utils.plots import plot_f1_curve, plot_roc, plot_score_histograms, plot_tsn
 MODEL_FLAGS = ("enc_type", "first_conv", "maxpool1", "enc_out_dim", "latent_dim", "class_num", "input_height")
 DATA_FLAGS = ("known_dataset", "unknown_dataset", "data_transforms", "data_dir")
 
+# The file names README-original gave the autoencoder checkpoints under models/.
+ORIGINAL_AE_NAMES = {"mnist": "mnist", "cifar_known": "cifar10", "cifar100_known": "cifar100"}
+
 RESULT_ROWS = (
     ("AUROC", "auroc"), ("AUPR-In", "aupr_in"), ("AUPR-Out", "aupr_out"),
     ("FPR at 95% TPR", "fpr_at_95_tpr"), ("TNR at 95% TPR", "tnr_at_95_tpr"),
@@ -82,12 +85,20 @@ def progress(loader, description: str):
     return tqdm(loader, desc=description, leave=False, dynamic_ncols=True)
 
 
+def default_ae_checkpoint(known_dataset: str) -> str:
+    """Where README-original told users to put the autoencoders: models/ae_<name>.ckpt."""
+    return os.path.join("models", f"ae_{ORIGINAL_AE_NAMES.get(known_dataset, known_dataset)}.ckpt")
+
+
 def build_detector(args, model, datamodule, device) -> FeatureEnsembleDetector:
     autoencoder = None
     if args.ae_features:
+        if not args.ae_checkpoint and os.path.isfile(default_ae_checkpoint(args.known_dataset)):
+            args.ae_checkpoint = default_ae_checkpoint(args.known_dataset)
         if not args.ae_checkpoint:
-            raise UserError("--ae_features needs the known dataset's autoencoder: pass --ae_checkpoint FILE "
-                            "(train one with mnist_ae.py for 28x28 grey sets or train_resnet_ae.py for CIFAR)")
+            raise UserError(f"--ae_features needs the known dataset's autoencoder: pass --ae_checkpoint FILE or put "
+                            f"it at {default_ae_checkpoint(args.known_dataset)} (train one with mnist_ae.py for "
+                            "28x28 grey sets or train_resnet_ae.py for CIFAR)")
         autoencoder = load_autoencoder(args.ae_checkpoint)
     return FeatureEnsembleDetector(model, autoencoder, score_stats=args.score_stats,
                                    preprocess=datamodule.preprocess, device=device)

@@ -102,6 +102,11 @@ def resolve_devices(args: argparse.Namespace) -> tuple[str, object]:
         if not torch.cuda.is_available():
             raise UserError("a GPU was asked for (--gpus or --accelerator gpu) but none is visible; "
                             "add --accelerator cpu to run on the CPU")
+        count = torch.cuda.device_count()
+        wanted = devices if isinstance(devices, list) else []
+        if any(index >= count for index in wanted) or (isinstance(devices, int) and devices > count):
+            raise UserError(f"--gpus/--devices {devices} asks for GPUs this machine lacks (it has {count}: "
+                            f"{list(range(count))}); pass for example --gpus \"0,\"")
     return accelerator, devices if devices is not None else "auto"
 
 

@@ -1,0 +1,208 @@
+"""Autoencoders (models/autoencoders.py) and their training scripts mnist_ae.py / train_resnet_ae.py."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.autoencoders import AutoEncoder, MnistAE, ResNetAE, load_autoencoder
+from utils.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- shapes
+
+@pytest.mark.parametrize("channels,side", [(1, 28), (3, 32), (1, 16)])
+def test_mnist_ae_reconstructs_shape(channels, side):
+    net = MnistAE(input_height=side, in_channels=channels, latent_dim=32)
+    x = torch.randn(3, channels, side, side)
+    assert net(x).shape == x.shape
+
+
+def test_mnist_ae_rejects_side_not_multiple_of_4():
+    with pytest.raises(UserError):
+        MnistAE(input_height=30)
+
+
+def test_resnet18_ae_reconstructs_shape():
+    net = ResNetAE("resnet18", input_height=32, in_channels=3, latent_dim=256)
+    x = torch.randn(2, 3, 32, 32)
+    assert net(x).shape == x.shape
+    assert net.fc.in_features == 512 and net.fc.out_features == 256
+
+
+def test_resnet18_ae_decodes_28x28_grey_to_input_size():
+    net = ResNetAE("resnet18", input_height=28, in_channels=1)
+    x = torch.randn(2, 1, 28, 28)
+    assert net(x).shape == x.shape
+
+
+def test_resnet50_ae_reconstructs_single_image():
+    net = ResNetAE("resnet50", input_height=32, in_channels=3).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert net(x).shape == x.shape
+    assert net.fc.in_features == 2048
+
+
+def test_autoencoder_forward_rejects_wrong_image_shape():
+    model = AutoEncoder(arch="mnist", input_height=28, in_channels=1)
+    with pytest.raises(UserError, match="ae_checkpoint"):
+        model(torch.zeros(1, 3, 32, 32))
+
+
+# --------------------------------------------------------------------------- optimisation
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The CPU steps below are small; one thread avoids oversubscribing a busy 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("arch,shape,steps,factor", [("mnist", (1, 28, 28), 60, 0.85),
+                                                     ("resnet18", (3, 8, 8), 10, 0.5)])
+def test_a_few_adam_steps_lower_the_mse(arch, shape, steps, factor):
+    torch.manual_seed(0)
+    model = AutoEncoder(arch=arch, input_height=shape[-1], in_channels=shape[0], latent_dim=32, lr=1e-3,
+                        data_transforms=None)
+    # a fixed tiny batch of blobby images in the normalised range [-1, 1]
+    generator = torch.Generator().manual_seed(1)
+    coarse = (torch.rand(4, shape[0], shape[1] // 4, shape[2] // 4, generator=generator) > 0.6).float()
+    x = torch.nn.functional.interpolate(coarse, size=shape[1:], mode="bilinear") * 2 - 1
+    optimiser = model.configure_optimizers()
+    model.train()
+    with torch.no_grad():
+        before = model.reconstruction_loss(x).item()
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss = model.reconstruction_loss(x)
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        after = model.reconstruction_loss(x).item()
+    assert after < factor * before
+
+
+# --------------------------------------------------------------------------- loading
+
+def test_load_autoencoder_missing_file(tmp_path):
+    with pytest.raises(UserError, match="--ae_checkpoint") as info:
+        load_autoencoder(str(tmp_path / "nope.ckpt"))
+    assert "mnist_ae.py" in str(info.value) and "train_resnet_ae.py" in str(info.value)
+
+
+@pytest.mark.parametrize("content", ["text", "not_ae_checkpoint", "not_a_dict"])
+def test_load_autoencoder_rejects_non_autoencoder_files(tmp_path, content):
+    path = tmp_path / "other.ckpt"
+    if content == "text":
+        path.write_text("hello\n")
+    elif content == "not_ae_checkpoint":
+        torch.save({"state_dict": {"backbone.weight": torch.zeros(2)}, "hyper_parameters": {"enc_type": "vgg"}},
+                   path)
+    else:
+        torch.save([1, 2, 3], path)
+    with pytest.raises(UserError, match="--ae_checkpoint"):
+        load_autoencoder(str(path))
+
+
+def test_load_autoencoder_rejects_mismatched_weights(tmp_path):
+    model = AutoEncoder(arch="mnist", input_height=28, in_channels=1, latent_dim=8)
+    state = model.state_dict()
+    state.pop("net.fc.bias")
+    path = tmp_path / "broken.ckpt"
+    torch.save({"state_dict": state, "hyper_parameters": dict(model.hparams)}, path)
+    with pytest.raises(UserError, match="--ae_checkpoint"):
+        load_autoencoder(str(path))
+
+
+def test_load_autoencoder_reads_original_layout_checkpoint(tmp_path):
+    """The original's MNIST_AE / pl_bolts AE checkpoints: same names without the 'net.' prefix."""
+    torch.manual_seed(0)
+    for arch, shape in (("mnist", (1, 28, 28)), ("resnet18", (3, 32, 32))):
+        source = AutoEncoder(arch=arch, input_height=shape[-1], in_channels=shape[0], latent_dim=16).eval()
+        state = {key[len("net."):]: value for key, value in source.state_dict().items()}
+        path = tmp_path / f"original_{arch}.ckpt"
+        torch.save({"state_dict": state, "hyper_parameters": {"input_height": shape[-1], "enc_type": arch,
+                                                              "latent_dim": 16}}, path)
+        loaded = load_autoencoder(str(path))
+        assert loaded.hparams.arch == arch and loaded.hparams.latent_dim == 16
+        x = torch.randn(2, *shape)
+        with torch.no_grad():
+            assert torch.allclose(loaded(x), source(x), atol=1e-6)
+
+
+def test_load_autoencoder_tolerates_classes_that_no_longer_exist(tmp_path, monkeypatch):
+    """Old Lightning / pl_bolts checkpoints pickle classes that today's packages may lack."""
+    import types
+
+    module = types.ModuleType("vmdls_gone_module")
+
+    class OldHparams(dict):
+        pass
+
+    OldHparams.__module__, OldHparams.__qualname__ = module.__name__, "OldHparams"
+    module.OldHparams = OldHparams
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    source = AutoEncoder(arch="mnist", input_height=28, in_channels=1, latent_dim=8)
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": source.state_dict(),
+                "hyper_parameters": OldHparams(dict(source.hparams)),
+                "callbacks": {OldHparams: {"x": 1}}}, path)
+    monkeypatch.delitem(sys.modules, module.__name__)
+    loaded = load_autoencoder(str(path))
+    assert loaded.hparams.latent_dim == 8
+
+
+# --------------------------------------------------------------------------- scripts end to end
+
+def _run_script(script: str, *args: str) -> str:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    last_line = result.stdout.strip().splitlines()[-1]
+    assert last_line.startswith("last checkpoint: "), result.stdout[-2000:]
+    return last_line[len("last checkpoint: "):]
+
+
+def _check_checkpoint(path: str, arch: str, shape: tuple) -> None:
+    assert os.path.isfile(path)
+    model = load_autoencoder(path)
+    assert isinstance(model, AutoEncoder) and not model.training
+    assert all(not p.requires_grad for p in model.parameters())
+    assert model.hparams.arch == arch
+    x = torch.rand(3, *shape) * 2 - 1  # a normalised batch
+    with torch.no_grad():
+        x_hat = model(x)
+    assert x_hat.shape == x.shape and torch.isfinite(x_hat).all()
+
+
+def test_mnist_ae_script_end_to_end(tmp_path):
+    path = _run_script("mnist_ae.py", "--known_dataset", "digits", "--class_num", "6", "--max_epochs", "1",
+                       "--limit_train_batches", "2", "--limit_val_batches", "1", "--accelerator", "cpu",
+                       "--batch_size", "16", "--num_workers", "0", "--output_dir", str(tmp_path))
+    assert Path(path).resolve() == (tmp_path / "last.ckpt").resolve()
+    _check_checkpoint(path, "mnist", (1, 28, 28))
+    assert list(tmp_path.glob("lightning_logs/*/metrics.csv"))
+
+
+def test_train_resnet_ae_script_fast_dev_run_on_grey_digits(tmp_path):
+    path = _run_script("train_resnet_ae.py", "--known_dataset", "digits", "--class_num", "6", "--fast_dev_run",
+                       "--accelerator", "cpu", "--batch_size", "8", "--num_workers", "0",
+                       "--output_dir", str(tmp_path))
+    _check_checkpoint(path, "resnet18", (1, 28, 28))
+
+
+def test_script_bad_flag_is_one_line_error(tmp_path):
+    result = subprocess.run([sys.executable, "train_resnet_ae.py", "--enc_type", "vgg", "--output_dir",
+                             str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "--enc_type" in result.stderr

@@ -1,0 +1,39 @@
+"""Train the ResNet autoencoder used for the reconstruction weight on CIFAR.
+
+    python train_resnet_ae.py --known_dataset cifar_known --max_epochs 100 --gpus "0,"
+    python train_resnet_ae.py --known_dataset cifar100_known --class_num 100 --gpus "0,"
+
+--enc_type defaults to resnet18 (enc_out_dim 512), or resnet50 (2048) for cifar100_known,
+as in the original. The last line printed is the checkpoint to pass to test.py as
+--ae_checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+
+from models.autoencoders import add_autoencoder_args, announce_checkpoint, train_autoencoder
+from utils.cli import add_trainer_args, run_main
+from utils.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train a ResNet encoder/decoder autoencoder (pl_bolts' AE, latent 256) with MSE on the "
+                    "known training classes.")
+    parser.add_argument("--enc_type", default=None,
+                        help="resnet18 or resnet50 (default resnet50 for cifar100_known, else resnet18)")
+    add_autoencoder_args(parser, known_dataset="cifar_known", data_transforms="cifar", latent_dim=256)
+    add_trainer_args(parser, max_epochs=100)
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    enc_type = args.enc_type or ("resnet50" if args.known_dataset == "cifar100_known" else "resnet18")
+    if enc_type not in ("resnet18", "resnet50"):
+        raise UserError(f"--enc_type {enc_type!r} is not supported here; use resnet18 or resnet50")
+    announce_checkpoint(train_autoencoder(args, arch=enc_type))
+
+
+if __name__ == "__main__":
+    run_main(main)
