@@ -39,8 +39,21 @@ def run(argv: list[str], log_dir: str, name: str) -> dict:
     return record
 
 
+def write_finetuning_weights() -> None:
+    """Stand-ins for the README's --weights files: state_dicts nested under 'state_dict'."""
+    import torch
+
+    sys.path.insert(0, ROOT)
+    from models.backbones import build_backbone
+
+    for name, enc_type, class_num in (("checkpoint_100.pth.tar", "densenet", 100),
+                                      ("finetuning_wideresnet.tar", "wresnet", 10)):
+        torch.save({"state_dict": build_backbone(enc_type, class_num=class_num).state_dict()}, os.path.join(ROOT, name))
+
+
 def main(out_dir: str, extra: list[str]) -> int:
     os.makedirs(out_dir, exist_ok=True)
+    write_finetuning_weights()
     log_dir = os.path.join(ROOT, "runs", "logs")
     os.makedirs(log_dir, exist_ok=True)
     rows = [line.split(" ", 2) for line in open(COMMANDS).read().splitlines() if line and not line.startswith("#")]
