@@ -10,6 +10,9 @@ from pytorch_metric_learning.utils import common_functions as c_f
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+# Batches up to N * M^2 = 2^27 grid cells (N = M = 512) take the dense path: 0.5 GB of
+# float32 per grid tensor at the limit. Larger ones list their triplets instead.
+DENSE_TRIPLET_LIMIT = 2**27
 
 
 class TripletDistancingLoss(BaseMetricLossFunction):
@@ -20,13 +23,16 @@ class TripletDistancingLoss(BaseMetricLossFunction):
         relu(d(a, p) - d(a, n) + margin) + relu(neg_margin - d(a, n))
 
     averaged over the triplets whose loss is non-zero (pytorch-metric-learning's
-    AvgNonZeroReducer). ``neg_margin`` is the margin M_d that the MarginSchedule callback
+    AvgNonZeroReducer rule). On an accelerator, batches of up to 512 embeddings compute it
+    on a dense grid rather than listing the triplets; ``dense`` forces either way. ``neg_margin`` is the margin M_d that the MarginSchedule callback
     grows during training. d is the library's default distance: Euclidean between
     L2-normalised embeddings, so d <= 2 and M_d above 2 keeps every negative pair active.
     """
 
-    def __init__(self, margin: float = 0.1, neg_margin: float = 0.15, triplets_per_anchor="all", **kwargs):
+    def __init__(self, margin: float = 0.1, neg_margin: float = 0.15, triplets_per_anchor="all",
+                 dense: bool | None = None, **kwargs):
         super().__init__(**kwargs)
+        self.dense = dense
         self.margin = margin
         self.neg_margin = neg_margin
         self.triplets_per_anchor = triplets_per_anchor
@@ -34,6 +40,39 @@ class TripletDistancingLoss(BaseMetricLossFunction):
 
     def compute_loss(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         c_f.labels_or_indices_tuple_required(labels, indices_tuple)
+        if self._use_dense(embeddings, ref_emb, indices_tuple):
+            return self._all_triplets_dense(embeddings, labels, ref_emb, ref_labels)
+        return self._listed_triplets(embeddings, labels, indices_tuple, ref_emb, ref_labels)
+
+    def _use_dense(self, embeddings, ref_emb, indices_tuple) -> bool:
+        """The dense grid on accelerators (no host sync: the GPU never waits on the CPU);
+        listing the triplets on the CPU, where the grid's extra arithmetic costs more."""
+        if indices_tuple is not None or self.triplets_per_anchor != "all":
+            return False
+        if len(embeddings) * len(ref_emb) ** 2 > DENSE_TRIPLET_LIMIT:
+            return False
+        return embeddings.device.type != "cpu" if self.dense is None else self.dense
+
+    def _terms(self, ap: torch.Tensor, an: torch.Tensor) -> torch.Tensor:
+        triplet = torch.relu(self.distance.margin(ap, an) + self.margin)
+        distancing = torch.relu(self.distance.margin(self.neg_margin, an))
+        return triplet + distancing
+
+    def _all_triplets_dense(self, embeddings, labels, ref_emb, ref_labels):
+        """Every (a, p, n) at once on an [N, M, M] grid: the same value as listing the
+        triplets, without the host synchronisation that listing them (nonzero) costs."""
+        dist = self.distance(embeddings, ref_emb)
+        same = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
+        positive = same
+        if ref_emb is embeddings:
+            positive = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+        valid = positive.unsqueeze(2) & ~same.unsqueeze(1)
+        losses = self._terms(dist.unsqueeze(2), dist.unsqueeze(1)) * valid
+        # AvgNonZeroReducer's rule: the mean over the triplets whose loss is positive.
+        loss = losses.sum() / (losses > 0).sum().clamp(min=1)
+        return {"loss": {"losses": loss, "indices": None, "reduction_type": "already_reduced"}}
+
+    def _listed_triplets(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
         indices_tuple = lmu.convert_to_triplets(
             indices_tuple, labels, ref_labels, t_per_anchor=self.triplets_per_anchor
         )
@@ -41,11 +80,8 @@ class TripletDistancingLoss(BaseMetricLossFunction):
         if len(anchor_idx) == 0:
             return self.zero_losses()
         dist = self.distance(embeddings, ref_emb)
-        ap = dist[anchor_idx, positive_idx]
-        an = dist[anchor_idx, negative_idx]
-        triplet = torch.relu(self.distance.margin(ap, an) + self.margin)
-        distancing = torch.relu(self.distance.margin(self.neg_margin, an))
-        return {"loss": {"losses": triplet + distancing, "indices": indices_tuple, "reduction_type": "triplet"}}
+        losses = self._terms(dist[anchor_idx, positive_idx], dist[anchor_idx, negative_idx])
+        return {"loss": {"losses": losses, "indices": indices_tuple, "reduction_type": "triplet"}}
 
     def get_default_reducer(self):
         return AvgNonZeroReducer()
@@ -74,7 +110,9 @@ def class_kl_loss(
     prior_mean = class_means[labels].to(z.dtype)
     log_p = gaussian_log_density(z, prior_mean, torch.full_like(z, math.log(prior_std)))
     per_sample = (log_q - log_p).mean(dim=1)
-    classes, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-    per_class_sum = torch.zeros(len(classes), dtype=per_sample.dtype, device=z.device)
-    per_class_sum = per_class_sum.index_add(0, inverse, per_sample)
-    return (per_class_sum / counts).mean()
+    # Per-class sums over a fixed K-slot table: no torch.unique, so no host synchronisation.
+    num_classes = class_means.shape[0]
+    per_class_sum = per_sample.new_zeros(num_classes).index_add(0, labels, per_sample)
+    counts = torch.bincount(labels, minlength=num_classes).to(per_sample.dtype)
+    present = counts > 0
+    return (per_class_sum / counts.clamp(min=1)).sum() / present.sum()

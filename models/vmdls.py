@@ -82,6 +82,7 @@ class VMDLS(pl.LightningModule):
         self._epoch_labels: list[torch.Tensor] = []
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._resumed_epoch = 0
+        self._statistics_ready = False  # mirrors finished_epochs > 0 without a device sync
 
     # ----------------------------------------------------------------- forward passes
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +101,13 @@ class VMDLS(pl.LightningModule):
 
     @property
     def has_class_statistics(self) -> bool:
-        return int(self.finished_epochs) > 0
+        return self._statistics_ready
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._statistics_ready = int(self.finished_epochs) > 0
+        self._gaussians = None
+        return result
 
     def class_gaussians(self) -> ClassGaussians:
         """The latent class Gaussians of the last finished epoch (cached until the next one)."""
@@ -158,6 +165,7 @@ class VMDLS(pl.LightningModule):
             bounds = bounds.to(self.class_bounds)
             self.class_bounds.copy_(torch.where(torch.isfinite(bounds), bounds, self.class_bounds))
         self.finished_epochs += 1
+        self._statistics_ready = True
         self._gaussians = None
         self.epoch_stats.reset()
         self._epoch_log_likelihoods.clear()

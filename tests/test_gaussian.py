@@ -181,3 +181,16 @@ def test_quantile_bounds_match_numpy(q):
             assert bounds[c].item() == pytest.approx(np.quantile(own[labels == c], q), rel=1e-12)
     bounds_1d = quantile_bounds(torch.tensor(own), torch.tensor(labels), num_classes, q)
     assert torch.allclose(bounds, bounds_1d)
+
+
+def test_one_hot_update_equals_the_padded_update():
+    """The accelerator path (one-hot weights, no host sync) against the CPU path."""
+    rng = np.random.default_rng(7)
+    padded, one_hot = ClassStatistics(4, 3), ClassStatistics(4, 3)
+    for n in (9, 5, 12):
+        x = torch.tensor(rng.normal(size=(n, 3)))
+        y = torch.tensor(rng.integers(-1, 6, size=n))  # includes labels outside 0..K-1
+        padded.update(x, y)
+        one_hot._update_one_hot(*one_hot._on_buffers(x, y))
+    for name in ("count", "sum", "outer"):
+        torch.testing.assert_close(getattr(one_hot, name), getattr(padded, name))

@@ -22,14 +22,26 @@ def brute_force_metric_loss(z: np.ndarray, y: np.ndarray, margin: float, neg_mar
     return float(np.mean(nonzero)) if nonzero else 0.0
 
 
+@pytest.mark.parametrize("dense", [False, True])
 @pytest.mark.parametrize("seed,neg_margin", [(0, 0.15), (1, 1.15), (2, 3.0), (3, 0.0)])
-def test_metric_loss_matches_brute_force(seed, neg_margin):
+def test_metric_loss_matches_brute_force(seed, neg_margin, dense):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 4, size=14)
     z = rng.normal(size=(14, 5))
-    loss = TripletDistancingLoss(margin=0.1, neg_margin=neg_margin)
+    loss = TripletDistancingLoss(margin=0.1, neg_margin=neg_margin, dense=dense)
     got = loss(torch.tensor(z), torch.tensor(y)).item()
     assert got == pytest.approx(brute_force_metric_loss(z, y, 0.1, neg_margin), rel=1e-9, abs=1e-12)
+
+
+def test_dense_and_listed_triplets_give_the_same_gradient():
+    torch.manual_seed(0)
+    y = torch.arange(24) % 4
+    grads = []
+    for dense in (False, True):
+        z = torch.randn(24, 6, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        TripletDistancingLoss(neg_margin=1.0, dense=dense)(z, y).backward()
+        grads.append(z.grad)
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_metric_loss_margin_change_takes_effect():
@@ -44,12 +56,13 @@ def test_metric_loss_margin_change_takes_effect():
     assert after > before
 
 
-def test_metric_loss_has_gradient_and_zero_without_triplets():
+@pytest.mark.parametrize("dense", [False, True])
+def test_metric_loss_has_gradient_and_zero_without_triplets(dense):
     z = torch.randn(6, 3, requires_grad=True)
     y = torch.tensor([0, 0, 1, 1, 2, 2])
-    TripletDistancingLoss(neg_margin=1.0)(z, y).backward()
+    TripletDistancingLoss(neg_margin=1.0, dense=dense)(z, y).backward()
     assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
-    assert TripletDistancingLoss()(torch.randn(4, 3), torch.tensor([0, 1, 2, 3])).item() == 0.0
+    assert TripletDistancingLoss(dense=dense)(torch.randn(4, 3), torch.tensor([0, 1, 2, 3])).item() == 0.0
 
 
 def direct_kl(z, mu, log_var, y, means, prior_std=0.1):

@@ -28,6 +28,8 @@ _CHUNK_DOUBLES = 1 << 24
 # The jitter ladder gives up beyond this many steps (1e-6 * 2**40 ~ 1.1e6): a covariance
 # that needs a larger ridge than that is broken (NaN / Inf features), not ill-conditioned.
 DEFAULT_MAX_STEPS = 1 << 40
+# Largest K * N * D^2 (multiply-adds) for which an accelerator takes the one-hot update.
+ONE_HOT_WORK_LIMIT = 1 << 30
 
 
 # --------------------------------------------------------------------------------------
@@ -70,6 +72,9 @@ class ClassStatistics(torch.nn.Module):
 
         Labels outside 0..K-1 are skipped, so a batch may carry the "unknown" label K.
         """
+        if self._one_hot_pays_off(x):
+            self._update_one_hot(*self._on_buffers(x, y))
+            return
         x, y = self._known_rows(x, y)
         if y.numel() == 0:
             return
@@ -105,14 +110,32 @@ class ClassStatistics(torch.nn.Module):
             self.outer.index_add_(0, classes[start:stop],
                                   torch.bmm(padded_t[start:stop], padded[start:stop]))
 
-    def _known_rows(self, x: torch.Tensor, y: torch.Tensor):
+    def _one_hot_pays_off(self, x: torch.Tensor) -> bool:
+        # On an accelerator the one-hot form's K-fold extra arithmetic is cheaper than the
+        # host synchronisations (unique, max, boolean indexing) of the padded form.
+        work = self.num_classes * x.shape[0] * self.dim * self.dim
+        return self.count.device.type != "cpu" and work <= ONE_HOT_WORK_LIMIT
+
+    def _update_one_hot(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The same sums through a [N, K] one-hot weight matrix: no data-dependent shapes."""
+        known = (y >= 0) & (y < self.num_classes)
+        weights = torch.nn.functional.one_hot(y.clamp(0, self.num_classes - 1), self.num_classes)
+        weights = weights.to(torch.float64) * known.unsqueeze(1)
+        self.count += weights.sum(0)
+        self.sum += weights.T @ x
+        weighted = weights.T.unsqueeze(2) * x.unsqueeze(0)                      # [K, N, D]
+        self.outer.baddbmm_(weighted.transpose(1, 2), x.expand(self.num_classes, -1, -1))
+
+    def _on_buffers(self, x: torch.Tensor, y: torch.Tensor):
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected features of shape [N, {self.dim}], got {tuple(x.shape)}")
         if y.dim() != 1 or y.shape[0] != x.shape[0]:
             raise ValueError(f"expected labels of shape [{x.shape[0]}], got {tuple(y.shape)}")
         device = self.count.device
-        x = x.detach().to(device=device, dtype=torch.float64)
-        y = y.detach().to(device=device, dtype=torch.long)
+        return x.detach().to(device=device, dtype=torch.float64), y.detach().to(device=device, dtype=torch.long)
+
+    def _known_rows(self, x: torch.Tensor, y: torch.Tensor):
+        x, y = self._on_buffers(x, y)
         keep = (y >= 0) & (y < self.num_classes)
         return x[keep], y[keep]
 
