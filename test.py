@@ -124,7 +124,8 @@ def write_outputs(args, output_dir: str, evaluation, metrics: dict, class_num: i
                                                      threshold=metrics["threshold_at_95_tpr"])
     if args.log_tsne:
         files["tsne"] = plot_tsne(evaluation.features.numpy(), labels, class_num,
-                                  os.path.join(output_dir, "tsne.png"), seed=args.seed)
+                                  os.path.join(output_dir, "tsne.png"), seed=args.seed,
+                                  title="t-SNE of the feature ensemble f(x) (test images)")
     if args.thresholding:
         near = table.iloc[(table["tpr"] - 0.95).abs().argsort()[:5]].sort_values("threshold", ascending=False)
         print("thresholds around 95% TPR:")
