@@ -45,12 +45,7 @@ def default_output_dir(args: argparse.Namespace) -> str:
 
 
 def build_datamodule(args: argparse.Namespace) -> KnownUnknownDataModule:
-    datamodule = KnownUnknownDataModule(
-        known_dataset=args.known_dataset, unknown_dataset=args.unknown_dataset, data_dir=args.data_dir,
-        class_num=args.class_num, data_transforms=args.data_transforms, input_height=args.input_height,
-        batch_classes=args.batch_classes, sample_count=args.sample_count, batch_size=args.batch_size,
-        num_workers=args.num_workers, seed=args.seed,
-    )
+    datamodule = KnownUnknownDataModule.from_args(args)
     datamodule.setup("fit")
     height = datamodule.image_shape[1]
     if height != args.input_height:

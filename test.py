@@ -154,12 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     pl.seed_everything(args.seed, verbose=False)
     device = pick_device(args)
 
-    datamodule = KnownUnknownDataModule(
-        known_dataset=args.known_dataset, unknown_dataset=args.unknown_dataset, data_dir=args.data_dir,
-        class_num=args.class_num, data_transforms=args.data_transforms, input_height=args.input_height,
-        batch_classes=args.batch_classes, sample_count=args.sample_count, batch_size=args.batch_size,
-        num_workers=args.num_workers, seed=args.seed,
-    )
+    datamodule = KnownUnknownDataModule.from_args(args)
     datamodule.setup("test")
     overrides = {name: getattr(args, name) for name in MODEL_FLAGS}
     overrides["in_channels"] = hparams.get("in_channels") or datamodule.image_shape[0]

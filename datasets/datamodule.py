@@ -56,6 +56,16 @@ class KnownUnknownDataModule(pl.LightningDataModule):
     must be built with ``use_distributed_sampler=False``.
     """
 
+    @classmethod
+    def from_args(cls, args) -> "KnownUnknownDataModule":
+        """Build from the parsed flags of main.py / test.py (utils.flags.add_data_args)."""
+        return cls(
+            known_dataset=args.known_dataset, unknown_dataset=args.unknown_dataset, data_dir=args.data_dir,
+            class_num=args.class_num, data_transforms=args.data_transforms, input_height=args.input_height,
+            batch_classes=args.batch_classes, sample_count=args.sample_count, batch_size=args.batch_size,
+            num_workers=args.num_workers, seed=args.seed,
+        )
+
     def __init__(
         self,
         known_dataset: str = "mnist",
