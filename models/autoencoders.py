@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_only
 from torch import nn
 
+from models.backbones.resnet import BasicBlock, Bottleneck, conv1x1
 from utils.errors import UserError
 
 ARCHS = ("mnist", "resnet18", "resnet50")
@@ -144,59 +145,10 @@ class Interpolate(nn.Module):
         return F.interpolate(x, size=self.size, scale_factor=self.scale_factor)
 
 
-def _conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False)
-
-
 def _up_conv(in_ch: int, out_ch: int, kernel: int, scale: int) -> nn.Module:
     """A conv, preceded by a nearest upsampling when scale > 1 (avoids checkerboards)."""
-    conv = _conv3x3(in_ch, out_ch, bias=False) if kernel == 3 else _conv1x1(in_ch, out_ch)
+    conv = _conv3x3(in_ch, out_ch, bias=False) if kernel == 3 else conv1x1(in_ch, out_ch)
     return conv if scale == 1 else nn.Sequential(Interpolate(scale_factor=scale), conv)
-
-
-class BasicBlock(nn.Module):
-    """ResNet basic block: two 3x3 convs with a residual connection."""
-
-    expansion = 1
-
-    def __init__(self, in_ch: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__()
-        self.conv1 = _conv3x3(in_ch, planes, stride, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = _conv3x3(planes, planes, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
-
-
-class Bottleneck(nn.Module):
-    """ResNet bottleneck: 1x1 reduce, 3x3 (strided), 1x1 expand by 4."""
-
-    expansion = 4
-
-    def __init__(self, in_ch: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
-        super().__init__()
-        self.conv1 = _conv1x1(in_ch, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = _conv3x3(planes, planes, stride, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = _conv1x1(planes, planes * self.expansion)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
 
 
 class UpBasicBlock(nn.Module):
@@ -231,7 +183,7 @@ class UpBottleneck(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = _up_conv(planes, planes, 3, scale)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = _conv1x1(planes, planes * self.expansion)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.upsample = upsample
@@ -270,7 +222,7 @@ class ResNetEncoder(nn.Module):
         out = planes * block.expansion
         downsample = None
         if stride != 1 or self._in != out:
-            downsample = nn.Sequential(_conv1x1(self._in, out, stride), nn.BatchNorm2d(out))
+            downsample = nn.Sequential(conv1x1(self._in, out, stride), nn.BatchNorm2d(out))
         blocks = [block(self._in, planes, stride, downsample)]
         self._in = out
         blocks += [block(out, planes) for _ in range(1, count)]
