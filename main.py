@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint  # noqa: E402
 
 from datasets import KnownUnknownDataModule  # noqa: E402
@@ -27,6 +28,7 @@ from utils.cli import add_trainer_args, ensure_output_dir, run_main, trainer_kwa
 from utils.errors import UserError  # noqa: E402
 from utils.flags import add_data_args, add_model_args, add_run_args  # noqa: E402
 from utils.loggers import build_loggers, write_json  # noqa: E402
+from utils.plots import plot_tsne  # noqa: E402
 
 
 
@@ -68,6 +70,19 @@ def build_callbacks(args: argparse.Namespace, checkpoint_dir: str) -> tuple[list
     return callbacks, checkpoint
 
 
+@torch.no_grad()
+def plot_latent_tsne(model: VMDLS, datamodule: KnownUnknownDataModule, output_dir: str, seed: int) -> str:
+    """--log_tsne: the trained latent space (mu) of the known test and unknown images."""
+    model.eval()
+    mus, labels = [], []
+    for x, y in datamodule.test_dataloader():
+        mus.append(model(datamodule.preprocess(x.to(model.device))).cpu())
+        labels.append(y)
+    return plot_tsne(torch.cat(mus).numpy(), torch.cat(labels).numpy(), model.hparams.class_num,
+                     os.path.join(output_dir, "tsne_latent.png"), seed=seed,
+                     title="t-SNE of the latent mu (test images)")
+
+
 def main(argv: list[str] | None = None) -> str:
     args = build_parser().parse_args(argv)
     if args.finetune and not args.weights:
@@ -97,6 +112,8 @@ def main(argv: list[str] | None = None) -> str:
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=args.checkpoint_path)
 
+    if args.log_tsne and trainer.is_global_zero:
+        print(f"t-SNE: {plot_latent_tsne(model, datamodule, output_dir, args.seed)}")
     last = os.path.join(checkpoint_dir, "last.ckpt")
     if not os.path.isfile(last):  # fast_dev_run and max_steps=0 skip Lightning's checkpointing
         trainer.save_checkpoint(last)

@@ -32,13 +32,14 @@ def load(path):
 
 def test_two_epochs_lower_the_training_loss(tmp_path):
     last = train(tmp_path, "--max_epochs", "2", "--limit_train_batches", "12",
-                 "--generation_epoch", "5", "--margins_epoch", "100")
+                 "--generation_epoch", "5", "--margins_epoch", "100", "--log_tsne")
     assert os.path.isfile(last)
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     per_epoch = metrics.dropna(subset=["train_loss_epoch"]).set_index("epoch")["train_loss_epoch"]
     assert list(per_epoch.index) == [0, 1]
     assert per_epoch[1] < per_epoch[0]
     assert (tmp_path / "hparams.yaml").is_file() and (tmp_path / "args.json").is_file()
+    assert (tmp_path / "tsne_latent.png").stat().st_size > 0
     # epoch 1 validates with epoch 0's statistics: the diagnostics are logged
     assert metrics["val_f1_macro"].notna().any() and metrics["val_accuracy_known"].notna().any()
 
