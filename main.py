@@ -24,21 +24,16 @@ from datasets import KnownUnknownDataModule  # noqa: E402
 from models.callbacks import EpochSeed, FinetuneSchedule, MarginSchedule  # noqa: E402
 from models.vmdls import VMDLS  # noqa: E402
 from models.weights import load_backbone_weights  # noqa: E402
-from utils.cli import add_trainer_args, ensure_output_dir, run_main, trainer_kwargs  # noqa: E402
+from utils.cli import ensure_output_dir, run_main, trainer_kwargs  # noqa: E402
 from utils.errors import UserError  # noqa: E402
-from utils.flags import add_data_args, add_model_args, add_run_args  # noqa: E402
+from utils.flags import script_parser  # noqa: E402
 from utils.loggers import build_loggers, write_json  # noqa: E402
 from utils.plots import plot_tsne  # noqa: E402
 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(parser)
-    add_model_args(parser)
-    add_run_args(parser)
-    add_trainer_args(parser)
-    return parser
+    return script_parser(__doc__)
 
 
 def default_output_dir(args: argparse.Namespace) -> str:

@@ -28,9 +28,9 @@ from models.autoencoders import load_autoencoder  # noqa: E402
 from models.checkpoints import checkpoint_hparams, load_vmdls, read_checkpoint  # noqa: E402
 from models.detector import FeatureEnsembleDetector  # noqa: E402
 from utils import metrics as M  # noqa: E402
-from utils.cli import add_trainer_args, ensure_output_dir, resolve_devices, run_main  # noqa: E402
+from utils.cli import ensure_output_dir, resolve_devices, run_main  # noqa: E402
 from utils.errors import UserError  # noqa: E402
-from utils.flags import add_data_args, add_model_args, add_run_args, explicit_flags  # noqa: E402
+from utils.flags import explicit_flags, script_parser  # noqa: E402
 from utils.loggers import build_loggers, log_files, write_json  # noqa: E402
 from utils.plots import plot_f1_curve, plot_roc, plot_score_histograms, plot_tsne  # noqa: E402
 
@@ -50,11 +50,7 @@ RESULT_ROWS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(parser)
-    add_model_args(parser)
-    add_run_args(parser)
-    add_trainer_args(parser)
+    parser = script_parser(__doc__)
     group = parser.add_argument_group("evaluation")
     group.add_argument("--ae_checkpoint", type=str, default=None,
                        help="autoencoder checkpoint for --ae_features (from mnist_ae.py or train_resnet_ae.py)")

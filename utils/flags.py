@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from utils.cli import add_trainer_args
+
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
@@ -67,6 +69,16 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--output_dir", type=str, default=None, help="where everything of this run is written")
     group.add_argument("--offline", action="store_true", help="no Neptune upload (offline mode if installed)")
     group.add_argument("--neptune_project", type=str, default=None, help="Neptune project (or NEPTUNE_PROJECT)")
+
+
+def script_parser(description: str) -> argparse.ArgumentParser:
+    """The flags main.py and test.py share: data, model, run and trainer."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(parser)
+    add_model_args(parser)
+    add_run_args(parser)
+    add_trainer_args(parser)
+    return parser
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:

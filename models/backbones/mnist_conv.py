@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._common import global_avg_pool
+from ._common import run_with_taps
 
 __all__ = ["MnistConv", "mnist_conv"]
 
@@ -56,12 +56,7 @@ class MnistConv(nn.Module):
         self.tap_dims = (width, width, width)
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        taps: list[Tensor] = []
-        for index, layer in enumerate(self.encoder):
-            x = layer(x)
-            if index in self._TAP_AFTER:
-                # Pooled before the following in-place ReLU can overwrite x.
-                taps.append(global_avg_pool(x))
+        x, taps = run_with_taps(self.encoder, x, self._TAP_AFTER)
         h = self.dec_layer(torch.flatten(x, 1))
         return h, taps
 

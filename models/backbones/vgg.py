@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._common import global_avg_pool
+from ._common import run_with_taps
 
 __all__ = ["VGGM", "vgg"]
 
@@ -59,13 +59,7 @@ class VGGM(nn.Module):
         self.tap_dims = (128, 256, 256)
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        taps: list[Tensor] = []
-        for index, layer in enumerate(self.encoder):
-            x = layer(x)
-            if index in self._TAP_AFTER:
-                # Pooled before the following in-place ReLU can overwrite x.
-                taps.append(global_avg_pool(x))
-        return x, taps
+        return run_with_taps(self.encoder, x, self._TAP_AFTER)
 
 
 def vgg(in_channels: int = 3, input_height: int = 32) -> VGGM:
