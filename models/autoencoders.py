@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import pickle
-import types
 from typing import Sequence
 
 import pytorch_lightning as pl
@@ -42,6 +40,7 @@ from torch import nn
 
 from models.backbones.resnet import BasicBlock, Bottleneck, conv1x1
 from utils.errors import UserError
+from utils.torch_files import read_torch_file
 
 ARCHS = ("mnist", "resnet18", "resnet50")
 ENC_OUT_DIM = {"mnist": 500, "resnet18": 512, "resnet50": 2048}
@@ -375,42 +374,6 @@ class AutoEncoder(pl.LightningModule):
 
 # --------------------------------------------------------------------------- loading
 
-class _MissingClass(dict):
-    """Stands in, while unpickling an old checkpoint, for a class that no longer exists."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__()
-
-    def __setstate__(self, state):
-        self.__dict__["_pickled_state"] = state
-
-
-class _LenientUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        try:
-            return super().find_class(module, name)
-        except (ImportError, AttributeError):
-            return type(name, (_MissingClass,), {"__module__": "vmdls_missing." + module})
-
-
-def _lenient_pickle_module() -> types.ModuleType:
-    module = types.ModuleType("vmdls_lenient_pickle")
-    module.__dict__.update({k: v for k, v in pickle.__dict__.items() if not k.startswith("__")})
-    module.Unpickler = _LenientUnpickler
-    module.load = lambda file, **kw: _LenientUnpickler(file, **kw).load()
-    return module
-
-
-def _read_checkpoint(path: str, map_location):
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except (ImportError, AttributeError):
-        # Written by an older Lightning / pl_bolts whose classes are gone: only the
-        # tensors and plain values matter here.
-        return torch.load(path, map_location=map_location, weights_only=False,
-                          pickle_module=_lenient_pickle_module())
-
-
 def _hparams_of(checkpoint: dict) -> dict:
     hparams = checkpoint.get("hyper_parameters") or checkpoint.get("hparams") or {}
     if isinstance(hparams, argparse.Namespace):
@@ -451,13 +414,8 @@ def _from_original_checkpoint(state: dict, hparams: dict) -> AutoEncoder | None:
 
 def load_autoencoder(path: str, map_location="cpu") -> AutoEncoder:
     """Load an autoencoder checkpoint (ours, or the original's) in eval mode with frozen weights."""
-    if not path or not os.path.isfile(path):
-        raise UserError(f"--ae_checkpoint {path!r} is not a file; {_TRAIN_HINT}")
+    checkpoint = read_torch_file(path, "--ae_checkpoint", _TRAIN_HINT, map_location)
     not_ae = f"--ae_checkpoint {path!r} is not an autoencoder checkpoint; {_TRAIN_HINT}"
-    try:
-        checkpoint = _read_checkpoint(path, map_location)
-    except Exception:
-        raise UserError(not_ae) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(not_ae)
     state, hparams = checkpoint["state_dict"], _hparams_of(checkpoint)

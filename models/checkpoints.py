@@ -1,12 +1,11 @@
 """Reading VMDLS checkpoints: ours, and the original implementation's (Lightning 1.1)."""
 from __future__ import annotations
 
-import os
 
-import torch
 
 from models.vmdls import VMDLS
 from utils.errors import UserError
+from utils.torch_files import read_torch_file
 
 # Keys of the original's checkpoints that this implementation does not hold: the CIFAR-10
 # autoencoder it always embedded (the autoencoder is a separate checkpoint here).
@@ -16,13 +15,7 @@ _FOREIGN_PREFIXES = ("ae.",)
 def read_checkpoint(path: str | None) -> dict:
     if not path:
         raise UserError("no model to evaluate: pass --checkpoint_path FILE (main.py prints the path of the one it writes)")
-    if not os.path.isfile(path):
-        raise UserError(f"--checkpoint_path {path!r} does not exist; pass a checkpoint written by main.py")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise UserError(f"--checkpoint_path {path!r} could not be read ({type(error).__name__}); "
-                        "pass a checkpoint written by main.py")
+    checkpoint = read_torch_file(path, "--checkpoint_path", "pass a checkpoint written by main.py")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"--checkpoint_path {path!r} is not a Lightning checkpoint; pass one written by main.py")
     return checkpoint

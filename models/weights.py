@@ -1,13 +1,13 @@
 """Loading backbone weights from a state_dict file (--weights)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from utils.errors import UserError
+from utils.torch_files import read_torch_file
 
 _PREFIXES = ("module.", "encoder.", "model.", "backbone.")
 
@@ -34,13 +34,7 @@ class WeightsReport:
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """A state_dict from a file, possibly nested under 'state_dict' (Lightning, .pth.tar)."""
-    if not os.path.isfile(path):
-        raise UserError(f"--weights file {path!r} does not exist; give the path of a saved state_dict")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:
-        raise UserError(f"--weights file {path!r} could not be read by torch.load ({type(error).__name__}); "
-                        "give a file written by torch.save")
+    payload = read_torch_file(path, "--weights", "give a state_dict saved with torch.save")
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         payload = payload["state_dict"]
     if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
