@@ -31,7 +31,7 @@ from utils import metrics as M  # noqa: E402
 from utils.cli import ensure_output_dir, resolve_devices, run_main  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 from utils.flags import explicit_flags, script_parser  # noqa: E402
-from utils.loggers import build_loggers, log_files, write_json  # noqa: E402
+from utils.loggers import atomic_path, build_loggers, log_files, write_json  # noqa: E402
 from utils.plots import plot_f1_curve, plot_roc, plot_score_histograms, plot_tsne  # noqa: E402
 
 # Flags that describe the trained model: a checkpoint's own values are used unless given.
@@ -107,9 +107,8 @@ def write_outputs(args, output_dir: str, evaluation, metrics: dict, class_num: i
     known = labels < class_num
     table = M.threshold_table(scores, known, predictions, labels, class_num)
     files = {"thresholds": os.path.join(output_dir, "thresholds.csv")}
-    tmp = files["thresholds"] + ".tmp"
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, files["thresholds"])
+    with atomic_path(files["thresholds"]) as tmp:
+        table.to_csv(tmp, index=False)
     fpr, tpr, _ = M.roc_points(scores, known)
     files["roc"] = plot_roc(fpr, tpr, metrics["auroc"], os.path.join(output_dir, "roc.png"))
     files["f1_threshold"] = plot_f1_curve(table["threshold"].to_numpy(), table["f1_macro"].to_numpy(),

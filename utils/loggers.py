@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from argparse import Namespace
+from contextlib import contextmanager
 from typing import Any
 
 from pytorch_lightning.loggers import CSVLogger, Logger
@@ -95,10 +96,20 @@ def log_files(loggers: list[Logger], files: dict[str, str]) -> None:
                 logger.log_file(key, path)
 
 
-def write_json(path: str, payload: dict) -> None:
-    """Write JSON atomically: a crash never leaves a half-written file behind."""
+@contextmanager
+def atomic_path(path: str):
+    """Yield a temporary name to write; it replaces ``path`` only once writing succeeded,
+    so a crash never leaves a half-written file behind."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as handle:
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str, payload: dict) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w") as handle:
         json.dump(payload, handle, indent=2, sort_keys=True, default=str)
         handle.write("\n")
-    os.replace(tmp, path)
