@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from utils.gaussian import ClassGaussians, ClassStatistics
+from models.gaussians import ClassGaussians, ClassStatistics
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -17,7 +17,7 @@ from models.backbones import build_backbone
 from models.heads import make_heads, reparameterise
 from models.losses import TripletDistancingLoss, class_kl_loss
 from utils.errors import UserError
-from utils.gaussian import ClassGaussians, ClassStatistics, quantile_bounds
+from models.gaussians import ClassGaussians, ClassStatistics, quantile_bounds
 
 PRIOR_STD = 0.1
 INITIAL_MARGIN = 0.15

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from utils.gaussian import ClassStatistics
+from models.gaussians import ClassStatistics
 
 
 def _free_port() -> int:

@@ -15,7 +15,7 @@ import main as train_script
 import test as test_script
 from models.detector import FeatureEnsembleDetector
 from models.vmdls import VMDLS
-from utils.gaussian import jitter_ladder
+from models.gaussians import jitter_ladder
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_KEYS = {"auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr", "tnr_at_95_tpr", "detection_accuracy",

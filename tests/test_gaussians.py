@@ -1,13 +1,12 @@
-"""utils.gaussian against numpy / scipy references."""
+"""models.gaussians against numpy / scipy references."""
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import multivariate_normal
 
+from models.gaussians import ClassGaussians, ClassStatistics, jitter_ladder, quantile_bounds, smallest_working_step
 from utils.errors import UserError
-from utils.gaussian import (ClassGaussians, ClassStatistics, fit_class_gaussians,
-                            jitter_ladder, quantile_bounds, smallest_working_step)
 
 
 def random_spd(rng, dim):
@@ -125,7 +124,7 @@ def test_log_prob_matches_scipy():
 
 
 def test_log_prob_chunks_and_singular_fit_from_statistics(monkeypatch):
-    import utils.gaussian as gaussian_module
+    import models.gaussians as gaussian_module
 
     rng = np.random.default_rng(5)
     dim = 6
@@ -133,7 +132,7 @@ def test_log_prob_chunks_and_singular_fit_from_statistics(monkeypatch):
     y = np.repeat([0, 1, 3], 10)  # class 2 absent, label 3 = unknown (K = 3)
     stats = ClassStatistics(3, dim)
     stats.update(torch.tensor(x), torch.tensor(y))
-    gaussians = fit_class_gaussians(stats)
+    gaussians = ClassGaussians.from_statistics(stats)
     assert gaussians.jitter > 2e-6
     monkeypatch.setattr(gaussian_module, "_CHUNK_DOUBLES", 50)  # force many row chunks
     logp = gaussians.log_prob(torch.tensor(x))
@@ -144,21 +143,6 @@ def test_log_prob_chunks_and_singular_fit_from_statistics(monkeypatch):
         ref = multivariate_normal(means[c], covs[c] + gaussians.jitter * np.eye(dim),
                                   allow_singular=True).logpdf(x)
         np.testing.assert_allclose(logp[:, c].numpy(), ref, rtol=1e-6)
-
-
-def test_state_dict_round_trip(tmp_path):
-    rng = np.random.default_rng(6)
-    covs = torch.tensor(np.stack([random_spd(rng, 4) for _ in range(2)]))
-    gaussians = ClassGaussians.fit(torch.tensor(rng.normal(size=(2, 4))), covs)
-    torch.save(gaussians.state_dict(), tmp_path / "g.pt")
-    restored = ClassGaussians.from_state_dict(torch.load(tmp_path / "g.pt"))
-    x = torch.randn(7, 4)
-    assert torch.equal(restored.log_prob(x), gaussians.log_prob(x))
-    assert restored.jitter == gaussians.jitter
-    other = ClassGaussians.fit(torch.zeros(2, 4, dtype=torch.float64), covs)
-    assert torch.equal(other.load_state_dict(gaussians.state_dict()).log_prob(x),
-                       gaussians.log_prob(x))
-    assert gaussians.to("cpu") is gaussians
 
 
 # ---- quantile bounds --------------------------------------------------------------------

@@ -15,7 +15,7 @@ thousand dimensions wide and nearly singular, where float32 Cholesky factors are
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 
@@ -336,7 +336,7 @@ class ClassGaussians:
         logp = torch.where(self.present.unsqueeze(1), logp, torch.full_like(logp, -math.inf))
         return logp.transpose(0, 1)
 
-    # ---- device and persistence -------------------------------------------------------
+    # ---- device -----------------------------------------------------------------------
 
     def to(self, device) -> "ClassGaussians":
         """Move to ``device`` in place and return self."""
@@ -345,37 +345,6 @@ class ClassGaussians:
         self.log_det = self.log_det.to(device)
         self.present = self.present.to(device)
         return self
-
-    def state_dict(self) -> Dict[str, torch.Tensor]:
-        """A plain dict of tensors, suitable for torch.save."""
-        return {
-            "means": self.means,
-            "chol": self.chol,
-            "jitter": torch.tensor(self.jitter, dtype=torch.float64),
-            "log_det": self.log_det,
-            "present": self.present,
-        }
-
-    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> "ClassGaussians":
-        """Replace this object's contents with ``state`` (from state_dict); returns self."""
-        loaded = ClassGaussians.from_state_dict(state)
-        self.__dict__.update(loaded.__dict__)
-        return self
-
-    @classmethod
-    def from_state_dict(cls, state: Dict[str, torch.Tensor]) -> "ClassGaussians":
-        """Rebuild a ClassGaussians saved with state_dict()."""
-        return cls(state["means"], state["chol"], float(state["jitter"]), state.get("present"))
-
-
-def fit_class_gaussians(stats_or_means, covs: Optional[torch.Tensor] = None,
-                        step: float = 1e-6, extra_steps: int = 2) -> ClassGaussians:
-    """ClassGaussians from a ClassStatistics, or from means [K, D] and covs [K, D, D]."""
-    if isinstance(stats_or_means, ClassStatistics):
-        return ClassGaussians.from_statistics(stats_or_means, step=step, extra_steps=extra_steps)
-    if covs is None:
-        raise ValueError("covariances are required when fitting from means")
-    return ClassGaussians.fit(stats_or_means, covs, step=step, extra_steps=extra_steps)
 
 
 # --------------------------------------------------------------------------------------
