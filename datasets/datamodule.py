@@ -85,17 +85,23 @@ class KnownUnknownDataModule(pl.LightningDataModule):
         super().__init__()
         normalization_for(data_transforms, 1)  # validates the name early
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UserError(f"batch_size must be a positive whole number (got {batch_size!r}): pass e.g. --batch_size 256.")
+            raise UserError(
+                f"batch_size must be a positive whole number (got {batch_size!r}): set batch_size to e.g. 256.",
+                setting="batch_size",
+            )
         if input_height is not None and (
             isinstance(input_height, bool) or not isinstance(input_height, int) or input_height < 1
         ):
             raise UserError(
-                f"input_height must be a positive whole number (got {input_height!r}): pass e.g. --input_height 28."
+                f"input_height must be a positive whole number (got {input_height!r}): set input_height to e.g. 28.",
+                setting="input_height",
             )
         if num_workers is None:
             num_workers = min(4, os.cpu_count() or 1)
         if num_workers < 0:
-            raise UserError(f"num_workers must be 0 or more (got {num_workers}): pass e.g. --num_workers 4.")
+            raise UserError(
+                f"num_workers must be 0 or more (got {num_workers}): set num_workers to e.g. 4.", setting="num_workers"
+            )
         self.known_dataset = known_dataset
         self.unknown_dataset = unknown_dataset
         self.data_dir = data_dir
@@ -110,7 +116,10 @@ class KnownUnknownDataModule(pl.LightningDataModule):
         self.download = bool(download)
         self.resize_known = bool(resize_known)
         if self.resize_known and input_height is None:
-            raise UserError("resize_known needs an input_height: pass e.g. --input_height 32.")
+            raise UserError(
+                "resize_known needs an input_height to resize the known images to: set input_height to e.g. 32.",
+                setting="input_height",
+            )
 
         self.train_set: Optional[Dataset] = None
         self.known_test_set: Optional[Dataset] = None
