@@ -93,14 +93,16 @@ class KnownUnknownDataModule(pl.LightningDataModule):
             isinstance(input_height, bool) or not isinstance(input_height, int) or input_height < 1
         ):
             raise UserError(
-                f"input_height must be a positive whole number (got {input_height!r}): set input_height to e.g. 28.",
+                f"input_height must be a positive whole number (got {input_height!r}): "
+                "set input_height to e.g. 28.",
                 setting="input_height",
             )
         if num_workers is None:
             num_workers = min(4, os.cpu_count() or 1)
         if num_workers < 0:
             raise UserError(
-                f"num_workers must be 0 or more (got {num_workers}): set num_workers to e.g. 4.", setting="num_workers"
+                f"num_workers must be 0 or more (got {num_workers}): set num_workers to e.g. 4.",
+                setting="num_workers",
             )
         self.known_dataset = known_dataset
         self.unknown_dataset = unknown_dataset

@@ -76,7 +76,10 @@ class DatasetEntry:
 # --------------------------------------------------------------------------------------
 def _check_class_num(class_num) -> int:
     if isinstance(class_num, bool) or not isinstance(class_num, (int, np.integer)) or class_num < 1:
-        raise UserError(f"class_num must be a positive whole number (got {class_num!r}): pass e.g. --class_num 10.")
+        raise UserError(
+            f"class_num must be a positive whole number (got {class_num!r}): set class_num to e.g. 10.",
+            setting="class_num",
+        )
     return int(class_num)
 
 
@@ -87,7 +90,8 @@ def _restrict_known(
     if class_num > total:
         raise UserError(
             f"class_num {class_num} is more than the {total} classes of {display}: "
-            f"lower --class_num to at most {total}."
+            f"lower class_num to at most {total}.",
+            setting="class_num",
         )
     keep = labels < class_num
     labels = labels[keep]
@@ -98,7 +102,8 @@ def _restrict_known(
         shown = ", ".join(str(c) for c in missing[:10]) + (" ..." if len(missing) > 10 else "")
         raise UserError(
             f"The {split} split of {display} has no images of class {shown}: "
-            f"lower --class_num to {missing[0]} or add images of the missing classes."
+            f"lower class_num to {missing[0]} or add images of the missing classes.",
+            setting="class_num",
         )
     return images[keep], labels
 
@@ -109,14 +114,16 @@ def _split_unknown(
     """Images of classes >= class_num (the held-out classes of a partial dataset)."""
     if class_num >= total:
         raise UserError(
-            f"{display} has {total} classes, so with --class_num {class_num} no class is left as unknown: "
-            f"lower --class_num below {total} or pick another unknown dataset."
+            f"{display} has {total} classes, so with class_num {class_num} no class is left as unknown: "
+            f"lower class_num below {total} or pick another unknown dataset.",
+            setting="class_num",
         )
     keep = labels >= class_num
     if not bool(keep.any()):
         raise UserError(
-            f"{display} has no images of classes {class_num}..{total - 1}: lower --class_num or pick another "
-            "unknown dataset."
+            f"{display} has no images of classes {class_num}..{total - 1}: lower class_num or pick another "
+            "unknown dataset.",
+            setting="class_num",
         )
     return images[keep]
 
@@ -132,10 +139,13 @@ def _as_unknown(images: torch.Tensor, class_num: int, image_shape, name: str, **
     )
 
 
-def _resolve_path(path: str, data_dir: str, form: str) -> str:
-    """A PATH of ``idx:PATH`` / ``folder:PATH``: as given, else relative to data_dir."""
+def _resolve_path(path: str, data_dir: str, form: str, role: str) -> str:
+    """A PATH of ``idx:PATH`` / ``folder:PATH``: as given, else relative to data_dir.
+
+    ``role`` is the setting that named it: ``"known_dataset"`` or ``"unknown_dataset"``.
+    """
     if not path:
-        raise UserError(f"{form}PATH needs a path after the colon: e.g. {form}./my_images.")
+        raise UserError(f"{form}PATH needs a path after the colon: e.g. {form}./my_images.", setting=role)
     path = os.path.expanduser(path)
     if not os.path.exists(path) and not os.path.isabs(path):
         alt = os.path.join(data_dir, path)
@@ -244,7 +254,8 @@ def _omniglot_unknown(data_dir, class_num, image_shape, train, seed, download):
     if not paths:
         raise UserError(
             f"The Omniglot folder {folder} holds no .png images: unzip the Omniglot images "
-            "(<alphabet>/<character>/*.png) there."
+            "(<alphabet>/<character>/*.png) there.",
+            setting="data_dir",
         )
     return FileImageDataset(
         paths, [class_num] * len(paths), class_num, image_shape, preprocess=_omniglot_preprocess, name="omniglot"
@@ -258,7 +269,8 @@ def _odin_unknown(name: str):
         if not paths:
             raise UserError(
                 f"{display} images not found: download {archive} from the ODIN repository "
-                f"(https://github.com/facebookresearch/odin) and extract it to {folder}."
+                f"(https://github.com/facebookresearch/odin) and extract it to {folder}.",
+                setting="data_dir",
             )
         return FileImageDataset(paths, [class_num] * len(paths), class_num, image_shape, name=name)
 
@@ -269,24 +281,29 @@ def _odin_unknown(name: str):
 # idx:PATH and folder:PATH
 # --------------------------------------------------------------------------------------
 def _idx_known(path: str, data_dir: str, class_num: int, train: bool) -> ImageDataset:
-    path = _resolve_path(path, data_dir, IDX_PREFIX)
-    images, labels = sources.load_idx_folder(path, train)
+    path = _resolve_path(path, data_dir, IDX_PREFIX, "known_dataset")
+    images, labels = sources.load_idx_folder(path, train, setting="known_dataset")
     total = int(labels.max()) + 1 if labels.numel() else 0
     images, labels = _restrict_known(images, labels, class_num, total, f"the IDX set {path}", train)
     return TensorImageDataset(images, labels, class_num, name=IDX_PREFIX + path)
 
 
 def _idx_unknown(path, data_dir, class_num, image_shape, train) -> ImageDataset:
-    path = _resolve_path(path, data_dir, IDX_PREFIX)
-    images, _ = sources.load_idx_folder(path, train)
+    path = _resolve_path(path, data_dir, IDX_PREFIX, "unknown_dataset")
+    images, _ = sources.load_idx_folder(path, train, setting="unknown_dataset")
     if images.shape[0] == 0:
-        raise UserError(f"The IDX set {path} holds no images: point idx: at a folder of non-empty IDX files.")
+        raise UserError(
+            f"The IDX set {path} holds no images: point idx: at a folder of non-empty IDX files.",
+            setting="unknown_dataset",
+        )
     return _as_unknown(images, class_num, image_shape, IDX_PREFIX + path)
 
 
-def _check_folder(path: str) -> None:
+def _check_folder(path: str, role: str) -> None:
     if not os.path.isdir(path):
-        raise UserError(f"The image folder {path} does not exist: give folder: an existing folder of images.")
+        raise UserError(
+            f"The image folder {path} does not exist: give folder: an existing folder of images.", setting=role
+        )
 
 
 def _class_dirs(root: str) -> list[str]:
@@ -304,8 +321,8 @@ def _folder_known(path: str, data_dir: str, class_num: int, train: bool) -> Imag
     """
     from sklearn.model_selection import train_test_split
 
-    path = _resolve_path(path, data_dir, FOLDER_PREFIX)
-    _check_folder(path)
+    path = _resolve_path(path, data_dir, FOLDER_PREFIX, "known_dataset")
+    _check_folder(path, "known_dataset")
     top = _class_dirs(path)
     test_dir = "test" if "test" in top else ("val" if "val" in top else None)
     presplit = "train" in top and test_dir is not None
@@ -316,12 +333,14 @@ def _folder_known(path: str, data_dir: str, class_num: int, train: bool) -> Imag
     if not classes:
         raise UserError(
             f"The image folder {shape_root} has no class subfolders: put each class's images in its own "
-            "subfolder (e.g. cat/*.png, dog/*.png), or use it as the unknown dataset."
+            "subfolder (e.g. cat/*.png, dog/*.png), or use it as the unknown dataset.",
+            setting="known_dataset",
         )
     if class_num > len(classes):
         raise UserError(
             f"class_num {class_num} is more than the {len(classes)} class subfolders of {shape_root}: "
-            f"lower --class_num to at most {len(classes)}."
+            f"lower class_num to at most {len(classes)}.",
+            setting="class_num",
         )
     classes = classes[:class_num]
 
@@ -336,7 +355,8 @@ def _folder_known(path: str, data_dir: str, class_num: int, train: bool) -> Imag
     first, _ = gather(shape_root)
     if not first:
         raise UserError(
-            f"The class subfolders of {shape_root} hold no images (png, jpg, ...): put image files in them."
+            f"The class subfolders of {shape_root} hold no images (png, jpg, ...): put image files in them.",
+            setting="known_dataset",
         )
     image_shape = pil_shape(first[0])
     paths, labels = gather(split_root)
@@ -348,7 +368,8 @@ def _folder_known(path: str, data_dir: str, class_num: int, train: bool) -> Imag
         except ValueError as exc:
             raise UserError(
                 f"The images of {path} cannot be split 80/20 by class ({exc}): give every class at least "
-                "5 images, or provide train/ and test/ subfolders."
+                "5 images, or provide train/ and test/ subfolders.",
+                setting="known_dataset",
             ) from None
         keep = np.sort(tr if train else te)
         paths = [paths[i] for i in keep]
@@ -359,18 +380,22 @@ def _folder_known(path: str, data_dir: str, class_num: int, train: bool) -> Imag
         split = "training" if train else "test"
         raise UserError(
             f"Class {missing[0]} ('{classes[missing[0]]}') has no {split} images in {split_root}: "
-            f"add images to it or lower --class_num to {missing[0]}."
+            f"add images to it or lower class_num to {missing[0]}.",
+            setting="class_num",
         )
     return FileImageDataset(paths, labels, class_num, image_shape, name=FOLDER_PREFIX + path)
 
 
 def _folder_unknown(path, data_dir, class_num, image_shape, train) -> ImageDataset:
     """Every image under PATH (recursively), whatever its subfolder; there is no split."""
-    path = _resolve_path(path, data_dir, FOLDER_PREFIX)
-    _check_folder(path)
+    path = _resolve_path(path, data_dir, FOLDER_PREFIX, "unknown_dataset")
+    _check_folder(path, "unknown_dataset")
     paths = list_images(path)
     if not paths:
-        raise UserError(f"The image folder {path} holds no images (png, jpg, ...): put image files in it.")
+        raise UserError(
+            f"The image folder {path} holds no images (png, jpg, ...): put image files in it.",
+            setting="unknown_dataset",
+        )
     return FileImageDataset(paths, [class_num] * len(paths), class_num, image_shape, name=FOLDER_PREFIX + path)
 
 
@@ -444,9 +469,12 @@ def _partner_hint(name: str) -> str:
     return f" (did you mean {_PARTNERS[name]}?)" if name in _PARTNERS else ""
 
 
-def _entry(name) -> DatasetEntry:
+def _entry(name, role: str) -> DatasetEntry:
+    """The registry entry of ``name``; ``role`` is the setting that named it."""
     if not isinstance(name, str) or name not in REGISTRY:
-        raise UserError(f"Unknown dataset {name!r}: choose one of {', '.join(available_datasets())}.")
+        raise UserError(
+            f"Unknown dataset {name!r}: choose one of {', '.join(available_datasets())}.", setting=role
+        )
     return REGISTRY[name]
 
 
@@ -464,11 +492,12 @@ def get_known_dataset(
         return _idx_known(name[len(IDX_PREFIX):], data_dir, class_num, bool(train))
     if isinstance(name, str) and name.startswith(FOLDER_PREFIX):
         return _folder_known(name[len(FOLDER_PREFIX):], data_dir, class_num, bool(train))
-    entry = _entry(name)
+    entry = _entry(name, "known_dataset")
     if entry.known is None:
         raise UserError(
             f"{name!r} cannot be the known dataset{_partner_hint(name)}: choose one of "
-            f"{', '.join(known_dataset_names())}."
+            f"{', '.join(known_dataset_names())}.",
+            setting="known_dataset",
         )
     return entry.known(data_dir, class_num, bool(train), bool(download))
 
@@ -496,10 +525,11 @@ def get_unknown_dataset(
         return _idx_unknown(name[len(IDX_PREFIX):], data_dir, class_num, image_shape, bool(train))
     if isinstance(name, str) and name.startswith(FOLDER_PREFIX):
         return _folder_unknown(name[len(FOLDER_PREFIX):], data_dir, class_num, image_shape, bool(train))
-    entry = _entry(name)
+    entry = _entry(name, "unknown_dataset")
     if entry.unknown is None:
         raise UserError(
             f"{name!r} cannot be the unknown dataset{_partner_hint(name)}: choose one of "
-            f"{', '.join(unknown_dataset_names())}."
+            f"{', '.join(unknown_dataset_names())}.",
+            setting="unknown_dataset",
         )
     return entry.unknown(data_dir, class_num, image_shape, bool(train), int(seed), bool(download))

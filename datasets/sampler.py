@@ -91,7 +91,9 @@ class BalancedBatchSampler(Sampler[list[int]]):
     ):
         for what, value in (("batch_classes", batch_classes), ("sample_count", sample_count)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise UserError(f"{what} must be a positive whole number (got {value!r}): pass e.g. --{what} 8.")
+                raise UserError(
+                    f"{what} must be a positive whole number (got {value!r}): set {what} to e.g. 8.", setting=what
+                )
         self.batch_classes = int(batch_classes)
         self.sample_count = int(sample_count)
         self.seed = int(seed)
@@ -124,13 +126,17 @@ class BalancedBatchSampler(Sampler[list[int]]):
         chunks = counts // self.sample_count
         eligible = int((chunks > 0).sum())
         if self.batch_classes > eligible:
+            if eligible:
+                raise UserError(
+                    f"Only {eligible} class(es) have at least sample_count={self.sample_count} training images, "
+                    f"fewer than batch_classes={self.batch_classes}: lower batch_classes to at most "
+                    f"{eligible} or lower sample_count.",
+                    setting="batch_classes",
+                )
             raise UserError(
-                f"Only {eligible} class(es) have at least sample_count={self.sample_count} training images, "
-                f"fewer than batch_classes={self.batch_classes}: lower --batch_classes to at most "
-                f"{eligible} or lower --sample_count."
-                if eligible
-                else f"No class has sample_count={self.sample_count} training images: lower --sample_count "
-                f"to at most {int(counts.max()) if counts.size else 0}."
+                f"No class has sample_count={self.sample_count} training images: lower sample_count "
+                f"to at most {int(counts.max()) if counts.size else 0}.",
+                setting="sample_count",
             )
         self._chunks = chunks
         self._global_len = self._count_batches(chunks, self.batch_classes)
@@ -138,7 +144,7 @@ class BalancedBatchSampler(Sampler[list[int]]):
             raise UserError(
                 f"The training set gives only {self._global_len} batch(es) of {self.batch_classes} x "
                 f"{self.sample_count} images, fewer than the {self.num_replicas} processes: lower "
-                "--sample_count or --batch_classes, or use fewer devices."
+                "sample_count or batch_classes, or use fewer devices."
             )
 
     # ------------------------------------------------------------------

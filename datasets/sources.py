@@ -201,23 +201,27 @@ def load_mnist_like(name: str, data_dir: str, train: bool, download: bool) -> tu
         tail = f" (the download failed: {failure})" if failure else " (or let torchvision download them)"
         raise UserError(
             f"{display} {words} files not found: put {prefix}-images-idx3-ubyte[.gz] and "
-            f"{prefix}-labels-idx1-ubyte[.gz] under {raw}{tail}."
+            f"{prefix}-labels-idx1-ubyte[.gz] under {raw}{tail}.",
+            setting="data_dir",
         )
     return load_idx_pair(*pair)
 
 
-def load_idx_folder(path: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One split of an ``idx:PATH`` folder."""
+def load_idx_folder(path: str, train: bool, setting: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split of an ``idx:PATH`` folder; ``setting`` names the parameter that gave PATH."""
     split = "train" if train else "test"
     if not os.path.isdir(path):
-        raise UserError(f"The IDX folder {path} does not exist: give idx: an existing folder of IDX files.")
+        raise UserError(
+            f"The IDX folder {path} does not exist: give idx: an existing folder of IDX files.", setting=setting
+        )
     pair = find_idx_files(path, split)
     if pair is None:
         prefix = "train" if train else "t10k"
         raise UserError(
             f"No IDX {split} files in {path}: put {prefix}-images-idx3-ubyte[.gz] and "
             f"{prefix}-labels-idx1-ubyte[.gz] (or any names holding '{split if train else 't10k'}' "
-            "and 'images'/'labels') there."
+            "and 'images'/'labels') there.",
+            setting=setting,
         )
     return load_idx_pair(*pair)
 
@@ -274,7 +278,7 @@ def load_cifar(classes: int, data_dir: str, train: bool, download: bool) -> tupl
         words = "training" if train else "test"
         names = " ".join(files) if len(files) < 3 else f"{files[0]} ... {files[-1]}"
         tail = f" (the download failed: {failure})" if failure else " (or let torchvision download them)"
-        raise UserError(f"{display} {words} files not found: put {names} under {root}{tail}.")
+        raise UserError(f"{display} {words} files not found: put {names} under {root}{tail}.", setting="data_dir")
     parts = [_read_cifar_pickle(os.path.join(root, f), label_key) for f in files]
     data = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
@@ -325,7 +329,8 @@ def omniglot_folder(data_dir: str, train: bool, download: bool) -> str:
         tail = f" (the download failed: {failure})" if failure else " (or let torchvision download it)"
         raise UserError(
             f"Omniglot images not found: unzip {sub}.zip from "
-            f"https://github.com/brendenlake/omniglot/raw/master/python/{sub}.zip into {folder}{tail}."
+            f"https://github.com/brendenlake/omniglot/raw/master/python/{sub}.zip into {folder}{tail}.",
+            setting="data_dir",
         )
     return folder
 

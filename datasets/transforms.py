@@ -33,7 +33,9 @@ _CIFAR_STD = (0.2023, 0.1994, 0.2010)
 def _check_name(data_transforms) -> str:
     if data_transforms not in DATA_TRANSFORMS:
         raise UserError(
-            f"Unknown data transforms {data_transforms!r}: choose one of {', '.join(DATA_TRANSFORMS)}."
+            f"Unknown data transforms {data_transforms!r}: set data_transforms to one of "
+            f"{', '.join(DATA_TRANSFORMS)}.",
+            setting="data_transforms",
         )
     return data_transforms
 

@@ -215,3 +215,21 @@ def test_lightning_fit_uses_transforms_and_set_epoch(mnist_root):
     first_epoch = [b[1].tolist() for b, e in zip(model.train_batches, model.epochs) if e == 0]
     second_epoch = [b[1].tolist() for b, e in zip(model.train_batches, model.epochs) if e == 1]
     assert first_epoch != second_epoch
+
+
+def test_errors_name_the_setting_not_the_flag(tmp_path):
+    cases = [
+        (dict(batch_size=0), "batch_size"),
+        (dict(input_height=-3), "input_height"),
+        (dict(input_height=None, resize_known=True), "input_height"),
+        (dict(num_workers=-1), "num_workers"),
+        (dict(data_transforms="imagenet"), "data_transforms"),
+    ]
+    for kw, setting in cases:
+        with pytest.raises(UserError) as err:
+            _dm(tmp_path, **kw)
+        msg = str(err.value)
+        assert "--" not in msg and "\n" not in msg and setting in msg, msg
+        assert err.value.setting == setting
+        line = err.value.for_command_line()
+        assert line.rstrip(").").endswith(f"--{setting}") and line.count(f"--{setting}") == 1, line

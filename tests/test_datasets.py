@@ -442,3 +442,52 @@ def test_corrupt_idx_file(tmp_path):
     write_idx(folder / "t10k-labels-idx1-ubyte", np.zeros(3, np.uint8))
     with pytest.raises(UserError, match="IDX"):
         get_unknown_dataset("mnist", str(tmp_path), 10, (1, 28, 28), download=False)
+
+
+# ----------------------------------------------------------------------------- settings at fault
+def _names_setting(err, setting):
+    """A library message names no flag; ``setting`` is at fault; the script adds its flag once."""
+    msg = str(err.value)
+    _one_sentence(msg)
+    assert "--" not in msg, msg
+    assert err.value.setting == setting
+    line = err.value.for_command_line()
+    assert line.rstrip(").").endswith(f"--{setting}") and line.count(f"--{setting}") == 1, line
+
+
+def test_errors_name_the_setting_not_the_flag(tmp_path):
+    with pytest.raises(UserError) as err:
+        get_known_dataset("digits", ".", 11, True, download=False)
+    _names_setting(err, "class_num")
+    assert "class_num 11" in str(err.value)
+    with pytest.raises(UserError) as err:
+        get_known_dataset("digits", ".", 0, True, download=False)
+    _names_setting(err, "class_num")
+    with pytest.raises(UserError) as err:
+        get_unknown_dataset("digits_unknown", ".", 10, (1, 28, 28), download=False)
+    _names_setting(err, "class_num")
+    with pytest.raises(UserError) as err:
+        get_known_dataset("mnsit", ".", 10, True, download=False)
+    _names_setting(err, "known_dataset")
+    with pytest.raises(UserError) as err:
+        get_known_dataset("omniglot", ".", 10, True, download=False)
+    _names_setting(err, "known_dataset")
+    with pytest.raises(UserError) as err:
+        get_unknown_dataset("cifar_known", ".", 10, (3, 32, 32), download=False)
+    _names_setting(err, "unknown_dataset")
+    with pytest.raises(UserError) as err:
+        get_unknown_dataset(f"folder:{tmp_path / 'missing'}", ".", 10, (1, 28, 28))
+    _names_setting(err, "unknown_dataset")
+    with pytest.raises(UserError) as err:
+        get_known_dataset(f"idx:{tmp_path / 'missing'}", ".", 10, True)
+    _names_setting(err, "known_dataset")
+
+
+def test_missing_files_name_data_dir(tmp_path):
+    for fn in (lambda: get_known_dataset("mnist", str(tmp_path), 10, True, download=False),
+               lambda: get_known_dataset("cifar_known", str(tmp_path), 10, True, download=False),
+               lambda: get_unknown_dataset("omniglot", str(tmp_path), 10, (1, 28, 28), download=False),
+               lambda: get_unknown_dataset("lsun-crop", str(tmp_path), 10, (3, 32, 32), download=False)):
+        with pytest.raises(UserError) as err:
+            fn()
+        _names_setting(err, "data_dir")

@@ -124,3 +124,19 @@ def test_accepts_lists_and_arrays():
     b = BalancedBatchSampler(np.array([0, 1, 0, 1, 2, 2]), 3, 2, seed=0)
     assert list(a) == list(b) and len(a) == 1
     assert sorted(list(a)[0]) == list(range(6))
+
+
+def test_errors_name_the_setting_not_the_flag():
+    labels = _labels([10, 10, 3])
+    for args, setting in (((labels, 0, 2), "batch_classes"), ((labels, 2, 0), "sample_count"),
+                          ((labels, 3, 5), "batch_classes"), ((labels, 1, 11), "sample_count")):
+        with pytest.raises(UserError) as err:
+            BalancedBatchSampler(*args)
+        msg = str(err.value)
+        assert "--" not in msg and "\n" not in msg and setting in msg, msg
+        assert err.value.setting == setting
+        line = err.value.for_command_line()
+        assert line.rstrip(").").endswith(f"--{setting}") and line.count(f"--{setting}") == 1, line
+    with pytest.raises(UserError) as err:
+        BalancedBatchSampler(_labels([4, 4]), 2, 4, num_replicas=2, rank=1)
+    assert "--" not in str(err.value) and err.value.setting is None  # several settings could fix it
