@@ -11,29 +11,34 @@ import argparse
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
-import matplotlib
+from utils.cli import run_main
+from utils.errors import UserError
+from utils.flags import (add_common_args, add_data_args, add_model_args, add_trainer_args, add_training_args,
+                         new_parser)
 
-matplotlib.use("Agg")
+if TYPE_CHECKING:  # the run imports them; --help does not pay for them
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
 
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint  # noqa: E402
-
-from datasets import KnownUnknownDataModule  # noqa: E402
-from models.callbacks import EpochSeed, FinetuneSchedule, MarginSchedule  # noqa: E402
-from models.vmdls import VMDLS  # noqa: E402
-from models.weights import load_backbone_weights  # noqa: E402
-from utils.cli import ensure_output_dir, run_main, trainer_kwargs  # noqa: E402
-from utils.errors import UserError  # noqa: E402
-from utils.flags import script_parser  # noqa: E402
-from utils.loggers import build_loggers, write_json  # noqa: E402
-from utils.plots import plot_tsne  # noqa: E402
-
+    from datasets import KnownUnknownDataModule
+    from models.vmdls import VMDLS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return script_parser(__doc__)
+    parser = new_parser(__doc__)
+    add_common_args(parser)
+    add_data_args(parser)
+    add_model_args(parser)
+    add_training_args(parser)
+    add_trainer_args(parser)
+    group = parser.add_argument_group("run")
+    group.add_argument("--checkpoint_path", default=None, type=str,
+                       help="resume from this checkpoint: epoch, optimiser, class statistics and margin")
+    group.add_argument("--log_tsne", action="store_true", help="write a t-SNE of the trained latent space")
+    group.add_argument("--ae_features", action="store_true", help=argparse.SUPPRESS)  # test.py's; accepted here
+    return parser
 
 
 def default_output_dir(args: argparse.Namespace) -> str:
@@ -42,6 +47,8 @@ def default_output_dir(args: argparse.Namespace) -> str:
 
 
 def build_datamodule(args: argparse.Namespace) -> KnownUnknownDataModule:
+    from datasets import KnownUnknownDataModule
+
     datamodule = KnownUnknownDataModule.from_args(args)
     datamodule.setup("fit")
     height = datamodule.image_shape[1]
@@ -52,6 +59,10 @@ def build_datamodule(args: argparse.Namespace) -> KnownUnknownDataModule:
 
 
 def build_callbacks(args: argparse.Namespace, checkpoint_dir: str) -> tuple[list[pl.Callback], ModelCheckpoint]:
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from models.callbacks import EpochSeed, FinetuneSchedule, MarginSchedule
+
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                                  save_last=True, save_top_k=1)
     callbacks: list[pl.Callback] = [
@@ -65,14 +76,18 @@ def build_callbacks(args: argparse.Namespace, checkpoint_dir: str) -> tuple[list
     return callbacks, checkpoint
 
 
-@torch.no_grad()
 def plot_latent_tsne(model: VMDLS, datamodule: KnownUnknownDataModule, output_dir: str, seed: int) -> str:
     """--log_tsne: the trained latent space (mu) of the known test and unknown images."""
+    import torch
+
+    from utils.plots import plot_tsne
+
     model.eval()
     mus, labels = [], []
-    for x, y in datamodule.test_dataloader():
-        mus.append(model(datamodule.preprocess(x.to(model.device))).cpu())
-        labels.append(y)
+    with torch.no_grad():
+        for x, y in datamodule.test_dataloader():
+            mus.append(model(datamodule.preprocess(x.to(model.device))).cpu())
+            labels.append(y)
     return plot_tsne(torch.cat(mus).numpy(), torch.cat(labels).numpy(), model.hparams.class_num,
                      os.path.join(output_dir, "tsne_latent.png"), seed=seed,
                      title="t-SNE of the latent mu (test images)")
@@ -80,6 +95,16 @@ def plot_latent_tsne(model: VMDLS, datamodule: KnownUnknownDataModule, output_di
 
 def main(argv: list[str] | None = None) -> str:
     args = build_parser().parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pytorch_lightning as pl
+
+    from models.vmdls import VMDLS
+    from models.weights import load_backbone_weights
+    from utils.cli import ensure_output_dir, trainer_kwargs
+    from utils.loggers import build_loggers, write_json
+
     if args.finetune and not args.weights:
         raise UserError("--finetune trains from given backbone weights; add --weights FILE")
     if args.checkpoint_path and not os.path.isfile(args.checkpoint_path):
@@ -90,15 +115,14 @@ def main(argv: list[str] | None = None) -> str:
     trainer_args = trainer_kwargs(args)
     datamodule = build_datamodule(args)
 
-    hparams = {k: v for k, v in vars(args).items() if k not in ("checkpoint_path",)}
-    model = VMDLS(**hparams, in_channels=datamodule.image_shape[0])
+    model = VMDLS.from_args(args, in_channels=datamodule.image_shape[0])
     if args.weights and not args.checkpoint_path:
         print(load_backbone_weights(model.encoder, args.weights).summary())
 
     write_json(os.path.join(output_dir, "args.json"), {"argv": sys.argv if argv is None else argv, **vars(args)})
     checkpoint_dir = os.path.join(output_dir, "checkpoints")
     callbacks, checkpoint = build_callbacks(args, checkpoint_dir)
-    loggers = build_loggers(output_dir, args.offline, project=args.neptune_project, tags=[
+    loggers = build_loggers(output_dir, args.logger, args.offline, project=args.neptune_project, tags=[
         f"known:{args.known_dataset}", f"unknown:{args.unknown_dataset}", f"backbone:{args.enc_type}"])
     trainer = pl.Trainer(
         **trainer_args, callbacks=callbacks, logger=loggers, default_root_dir=output_dir,

@@ -1,4 +1,4 @@
-"""Evaluate a VMDLS checkpoint as an out-of-distribution detector (METHOD.md section 3).
+"""Evaluate a VMDLS checkpoint as an out-of-distribution detector (docs/method.md section 3).
 
     python test.py --checkpoint_path run/checkpoints/last.ckpt --known_dataset mnist \
         --unknown_dataset omniglot --data_dir ./data --ae_features --ae_checkpoint ae.ckpt
@@ -6,7 +6,8 @@
 Fits per-class Gaussians of the feature ensemble on the known training set, scores the
 known test set and the unknown set, and writes under --output_dir: results.json,
 thresholds.csv, roc.png, f1_threshold.png, score_histogram.png (and tsne.png with
---log_tsne). Accepts every flag of README-original's test commands.
+--log_tsne). Accepts every flag of the original README's test commands
+(benchmarks/readme_original_commands.txt).
 """
 from __future__ import annotations
 
@@ -14,31 +15,15 @@ import argparse
 import os
 import time
 
-import matplotlib
+from utils.cli import run_main
+from utils.errors import UserError
+from utils.flags import (add_common_args, add_data_args, add_model_args, add_trainer_args, add_training_args,
+                         explicit_flags, new_parser)
 
-matplotlib.use("Agg")
-
-import numpy as np  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from datasets import KnownUnknownDataModule  # noqa: E402
-from models.autoencoders import load_autoencoder  # noqa: E402
-from models.checkpoints import checkpoint_hparams, load_vmdls, read_checkpoint  # noqa: E402
-from models.detector import FeatureEnsembleDetector  # noqa: E402
-from utils import metrics as M  # noqa: E402
-from utils.cli import ensure_output_dir, resolve_devices, run_main  # noqa: E402
-from utils.errors import UserError  # noqa: E402
-from utils.flags import explicit_flags, script_parser  # noqa: E402
-from utils.loggers import atomic_path, build_loggers, log_files, write_json  # noqa: E402
-from utils.plots import plot_f1_curve, plot_roc, plot_score_histograms, plot_tsne  # noqa: E402
-
-# Flags that describe the trained model: a checkpoint's own values are used unless given.
+# Settings that describe the trained model: a checkpoint's own values are used unless given.
 MODEL_FLAGS = ("enc_type", "first_conv", "maxpool1", "enc_out_dim", "latent_dim", "class_num", "input_height")
-DATA_FLAGS = ("known_dataset", "unknown_dataset", "data_transforms", "data_dir")
 
-# The file names README-original gave the autoencoder checkpoints under models/.
+# The file names the original README gave the autoencoder checkpoints under models/.
 ORIGINAL_AE_NAMES = {"mnist": "mnist", "cifar_known": "cifar10", "cifar100_known": "cifar100"}
 
 RESULT_ROWS = (
@@ -50,26 +35,47 @@ RESULT_ROWS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = script_parser(__doc__)
+    """test.py's own flags; the training flags are accepted silently (the original's test
+    commands repeat them) but not listed by --help."""
+    parser = new_parser(__doc__)
+    add_common_args(parser)
+    add_data_args(parser, hide_training=True)
+    add_model_args(parser)
+    add_training_args(parser, hidden=True)
+    add_trainer_args(parser, hidden=True)
     group = parser.add_argument_group("evaluation")
+    group.add_argument("--checkpoint_path", default=None, type=str,
+                       help="the trained model (main.py prints its path); the model and data settings come from it")
+    group.add_argument("--ae_features", action="store_true",
+                       help="weight the scores by the autoencoder's reconstruction distance")
     group.add_argument("--ae_checkpoint", type=str, default=None,
                        help="autoencoder checkpoint for --ae_features (from mnist_ae.py or train_resnet_ae.py)")
     group.add_argument("--score_stats", choices=("test", "train"), default="test",
                        help="where M and the largest reconstruction distance come from (test: as in the paper)")
     group.add_argument("--thresholding", action="store_true",
                        help="also print the thresholds table around the 95%%-TPR operating point")
+    group.add_argument("--log_tsne", action="store_true", help="write a t-SNE of the feature ensemble")
     return parser
 
 
-def resolve_settings(args: argparse.Namespace, given: set[str], hparams: dict) -> argparse.Namespace:
-    """Flags given on the command line win; otherwise the checkpoint's values; otherwise defaults."""
-    for name in MODEL_FLAGS + DATA_FLAGS:
-        if name not in given and name in hparams:
-            setattr(args, name, hparams[name])
+def resolve_settings(args: argparse.Namespace, given: set[str], checkpoint: dict) -> argparse.Namespace:
+    """Flags given on the command line win; otherwise the checkpoint's values (the model's
+    hyperparameters, then the data module's settings); otherwise the defaults."""
+    from models.checkpoints import DATA_SETTINGS, checkpoint_data_settings, checkpoint_hparams
+
+    recorded = {**{k: v for k, v in checkpoint_data_settings(checkpoint).items() if k in DATA_SETTINGS},
+                **{k: v for k, v in checkpoint_hparams(checkpoint).items() if k in MODEL_FLAGS}}
+    for name, value in recorded.items():
+        if name not in given:
+            setattr(args, name, value)
     return args
 
 
-def pick_device(args: argparse.Namespace) -> torch.device:
+def pick_device(args: argparse.Namespace):
+    import torch
+
+    from utils.cli import resolve_devices
+
     accelerator, devices = resolve_devices(args)
     if accelerator == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
@@ -78,6 +84,8 @@ def pick_device(args: argparse.Namespace) -> torch.device:
 
 
 def progress(loader, description: str):
+    from tqdm import tqdm
+
     return tqdm(loader, desc=description, leave=False, dynamic_ncols=True)
 
 
@@ -86,7 +94,10 @@ def default_ae_checkpoint(known_dataset: str) -> str:
     return os.path.join("models", f"ae_{ORIGINAL_AE_NAMES.get(known_dataset, known_dataset)}.ckpt")
 
 
-def build_detector(args, model, datamodule, device) -> FeatureEnsembleDetector:
+def build_detector(args, model, datamodule, device):
+    from models.autoencoders import load_autoencoder
+    from models.detector import FeatureEnsembleDetector
+
     autoencoder = None
     if args.ae_features:
         if not args.ae_checkpoint and os.path.isfile(default_ae_checkpoint(args.known_dataset)):
@@ -96,11 +107,14 @@ def build_detector(args, model, datamodule, device) -> FeatureEnsembleDetector:
                             f"it at {default_ae_checkpoint(args.known_dataset)} (train one with mnist_ae.py for "
                             "28x28 grey sets or train_resnet_ae.py for CIFAR)")
         autoencoder = load_autoencoder(args.ae_checkpoint)
-    return FeatureEnsembleDetector(model, autoencoder, score_stats=args.score_stats,
-                                   preprocess=datamodule.preprocess, device=device)
+    return FeatureEnsembleDetector(model, autoencoder, preprocess=datamodule.preprocess, device=device)
 
 
 def write_outputs(args, output_dir: str, evaluation, metrics: dict, class_num: int) -> dict[str, str]:
+    from utils import metrics as M
+    from utils.loggers import atomic_path
+    from utils.plots import plot_f1_curve, plot_roc, plot_score_histograms, plot_tsne
+
     scores = evaluation.scores.numpy()
     labels = evaluation.labels.numpy()
     predictions = evaluation.predictions.numpy()
@@ -138,12 +152,36 @@ def format_results(results: dict) -> str:
     return "\n".join(lines)
 
 
+def evaluate(args, detector, datamodule):
+    """Fit the class Gaussians, then score the known test set and the unknown set: with M
+    and r_max of the evaluated images (the paper's set-level step) or of the training set."""
+    from models.detector import score_set
+
+    train_mode = args.score_stats == "train"
+    detector.fit(progress(datamodule.fit_dataloader(), "fitting class Gaussians"), score_statistics=False)
+    if train_mode:
+        detector.fit_score_statistics(progress(datamodule.fit_dataloader(), "training-set score statistics"))
+    evaluation = detector.evaluate(progress(datamodule.test_dataloader(), "scoring"), keep_features=args.log_tsne)
+    return detector.score(evaluation) if train_mode else score_set(evaluation)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    import pytorch_lightning as pl
+
+    from datasets import KnownUnknownDataModule
+    from models.checkpoints import checkpoint_hparams, load_vmdls, read_checkpoint
+    from utils import metrics as M
+    from utils.cli import ensure_output_dir
+    from utils.loggers import build_loggers, log_files, write_json
+
     checkpoint = read_checkpoint(args.checkpoint_path)
-    hparams = checkpoint_hparams(checkpoint)
-    args = resolve_settings(args, explicit_flags(parser, argv), hparams)
+    args = resolve_settings(args, explicit_flags(parser, argv), checkpoint)
     output_dir = ensure_output_dir(args.output_dir or os.path.join(
         "outputs", "test", f"{args.known_dataset}-vs-{args.unknown_dataset}-{time.strftime('%Y%m%d-%H%M%S')}"))
     pl.seed_everything(args.seed, verbose=False)
@@ -152,17 +190,14 @@ def main(argv: list[str] | None = None) -> dict:
     datamodule = KnownUnknownDataModule.from_args(args)
     datamodule.setup("test")
     overrides = {name: getattr(args, name) for name in MODEL_FLAGS}
-    overrides["in_channels"] = hparams.get("in_channels") or datamodule.image_shape[0]
+    overrides["in_channels"] = checkpoint_hparams(checkpoint).get("in_channels") or datamodule.image_shape[0]
     model, missing = load_vmdls(checkpoint, overrides)
     if missing:
         raise UserError(f"the checkpoint lacks {len(missing)} weights of the model (e.g. {missing[0]}); "
                         "pass the checkpoint of a trained VMDLS model")
 
     detector = build_detector(args, model, datamodule, device)
-    detector.fit(progress(datamodule.fit_dataloader(), "fitting class Gaussians"))
-    if args.score_stats == "train":
-        detector.fit_score_statistics(progress(datamodule.fit_dataloader(), "training-set score statistics"))
-    evaluation = detector.predict(progress(datamodule.test_dataloader(), "scoring"), keep_features=args.log_tsne)
+    evaluation = evaluate(args, detector, datamodule)
 
     class_num = args.class_num
     metrics = M.ood_metrics(evaluation.scores.numpy(), evaluation.predictions.numpy(),
@@ -177,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     files = write_outputs(args, output_dir, evaluation, metrics, class_num)
     files["results"] = os.path.join(output_dir, "results.json")
     write_json(files["results"], results)
-    loggers = build_loggers(output_dir, args.offline, project=args.neptune_project,
+    loggers = build_loggers(output_dir, args.logger, args.offline, project=args.neptune_project,
                             tags=[f"known:{args.known_dataset}", f"unknown:{args.unknown_dataset}", "test"])
     for logger in loggers:
         logger.log_metrics({k: v for k, v in results.items() if isinstance(v, float)})

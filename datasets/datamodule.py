@@ -83,6 +83,9 @@ class KnownUnknownDataModule(pl.LightningDataModule):
         resize_known: bool = False,
     ):
         super().__init__()
+        # Lightning writes these into every checkpoint (datamodule_hyper_parameters), so
+        # test.py can rebuild the data a model was trained on.
+        self.save_hyperparameters()
         normalization_for(data_transforms, 1)  # validates the name early
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UserError(

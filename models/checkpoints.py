@@ -1,7 +1,14 @@
-"""Reading VMDLS checkpoints: ours, and the original implementation's (Lightning 1.1)."""
+"""Reading VMDLS checkpoints: ours, and the original implementation's (Lightning 1.1).
+
+A checkpoint holds the model's own hyperparameters (``hyper_parameters``) and, since the
+data module records its settings, the data settings (``datamodule_hyper_parameters``).
+Older checkpoints (the original's, and this project's before the data module recorded
+them) carry the whole command line in ``hyper_parameters`` instead: the data settings are
+read from there, and keys the model does not take are ignored.
+"""
 from __future__ import annotations
 
-
+from argparse import Namespace
 
 from models.vmdls import VMDLS
 from utils.errors import UserError
@@ -14,22 +21,49 @@ _FOREIGN_PREFIXES = ("ae.",)
 
 def read_checkpoint(path: str | None) -> dict:
     if not path:
-        raise UserError("no model to evaluate: pass --checkpoint_path FILE (main.py prints the path of the one it writes)")
-    checkpoint = read_torch_file(path, "--checkpoint_path", "pass a checkpoint written by main.py")
+        raise UserError("no model to evaluate: give the checkpoint of a trained model (main.py prints the path "
+                        "of the one it writes)", setting="checkpoint_path")
+    checkpoint = read_torch_file(path, "checkpoint", "give one written by main.py", setting="checkpoint_path")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise UserError(f"--checkpoint_path {path!r} is not a Lightning checkpoint; pass one written by main.py")
+        raise UserError(f"checkpoint {path!r} is not a Lightning checkpoint; give one written by main.py",
+                        setting="checkpoint_path")
     return checkpoint
 
 
+# The data settings test.py takes from a checkpoint unless given on its command line.
+DATA_SETTINGS = ("known_dataset", "unknown_dataset", "data_transforms", "data_dir")
+
+
+def _as_dict(value) -> dict:
+    if isinstance(value, Namespace):
+        value = vars(value)
+    try:
+        return dict(value or {})
+    except (TypeError, ValueError):
+        return {}
+
+
 def checkpoint_hparams(checkpoint: dict) -> dict:
-    return dict(checkpoint.get("hyper_parameters") or {})
+    """The hyperparameters saved with the model (for old checkpoints, the whole command line)."""
+    return _as_dict(checkpoint.get("hyper_parameters"))
+
+
+def checkpoint_data_settings(checkpoint: dict) -> dict:
+    """The data module's settings: Lightning's ``datamodule_hyper_parameters``, or, for a
+    checkpoint without them, the data flags its ``hyper_parameters`` carried."""
+    recorded = _as_dict(checkpoint.get("datamodule_hyper_parameters"))
+    if recorded:
+        return recorded
+    hparams = checkpoint_hparams(checkpoint)
+    return {name: hparams[name] for name in DATA_SETTINGS if name in hparams}
 
 
 def load_vmdls(checkpoint: dict, overrides: dict | None = None) -> tuple[VMDLS, list[str]]:
     """Build the model from a checkpoint's hyperparameters (``overrides`` win) and load its
     weights. Returns the model and the names of the weights the checkpoint lacked, other
     than the training statistics that only our checkpoints carry."""
-    hparams = {**checkpoint_hparams(checkpoint), **(overrides or {})}
+    own = VMDLS.hyperparameter_names()
+    hparams = {k: v for k, v in {**checkpoint_hparams(checkpoint), **(overrides or {})}.items() if k in own}
     model = VMDLS(**hparams)
     state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(_FOREIGN_PREFIXES)}
     try:
@@ -37,10 +71,12 @@ def load_vmdls(checkpoint: dict, overrides: dict | None = None) -> tuple[VMDLS, 
     except RuntimeError as error:
         first = str(error).split("\n")[1].strip() if "\n" in str(error) else str(error)
         raise UserError(f"the checkpoint's weights do not fit a {hparams.get('enc_type')} model with these sizes "
-                        f"({first}); pass the --enc_type, --enc_out_dim and --latent_dim it was trained with")
+                        f"({first}); give the enc_type, enc_out_dim and latent_dim it was trained with",
+                        setting="enc_type")
     if result.unexpected_keys:
         raise UserError(f"the checkpoint holds weights this {hparams.get('enc_type')} model lacks "
-                        f"(e.g. {result.unexpected_keys[0]}); pass the --enc_type and sizes it was trained with")
+                        f"(e.g. {result.unexpected_keys[0]}); give the enc_type and sizes it was trained with",
+                        setting="enc_type")
     own_buffers = {name for name, _ in model.named_buffers()}
     missing = [k for k in result.missing_keys if k not in own_buffers and not k.startswith("metric_loss.")]
     if "margin_distance" in checkpoint:

@@ -1,24 +1,28 @@
 """The paper's OOD detector: class Gaussians of a deep feature ensemble, weighted by an
-autoencoder's reconstruction error.
+autoencoder's reconstruction error, behind pytorch-ood's ``Detector`` interface.
 
 Dinari & Freifeld, "Variational- and Metric-based Deep Latent Space for Out-of-Distribution
-Detection", UAI 2022; ../shared/METHOD.md section 3 states it step by step:
+Detection", UAI 2022; docs/method.md section 3 states it step by step:
 
 1. f(x) = [tap1, tap2, tap3, h, mu] from one forward pass; per class c, the mean m_c and
    covariance S_c of f over the known training set (float64), one shared jitter lambda I.
 2. l_c(x) = log N(f(x); m_c, S_c + lambda I); the predicted class is argmax_c l_c(x).
-3. r(x) = mean((tap1(x) - tap1(AE(x)))^2) / max r (r = 1 without an autoencoder).
+3. r(x) = mean((tap1(x) - tap1(AE(x)))^2) / r_max (r = 1 without an autoencoder).
 4. s(x) = max_c (l_c(x) - M) * r(x), M = max l + 1. Higher s = more in-distribution.
 
-``score_stats='test'`` takes M and max r from the evaluated images, as the paper did;
-``'train'`` takes both from the known training set, so one image can be scored alone.
+As in pytorch-ood, ``predict(x)`` and ``predict_features(f)`` return *outlier* scores
+(higher = more unknown), here -s(x), with M and r_max taken from the known training set
+by ``fit``; so one batch, or one image, is scored on its own. The paper's numbers take M
+and r_max from the evaluated images instead: that set-level step is :func:`score_set`,
+on top of :meth:`FeatureEnsembleDetector.evaluate`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 import torch
+from pytorch_ood.api import FeaturesDetector, RequiresFittingException
 from torch import nn
 
 from models.gaussians import ClassGaussians, ClassStatistics
@@ -28,9 +32,9 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 @dataclass
 class Evaluation:
-    """What the detector gives for a set of images (numpy-friendly CPU tensors)."""
+    """What the detector gives for a set of images (CPU tensors)."""
 
-    scores: torch.Tensor            # s(x), [N]
+    scores: torch.Tensor | None     # s(x), [N]: higher = more known; None until scored
     predictions: torch.Tensor       # argmax_c l_c(x), [N]
     labels: torch.Tensor            # true labels, K for unknown, [N]
     log_likelihoods: torch.Tensor   # l_c(x), [N, K]
@@ -38,99 +42,175 @@ class Evaluation:
     features: torch.Tensor | None   # f(x), [N, D], kept only when asked
 
 
-class FeatureEnsembleDetector:
-    """fit / predict surface in the style of pytorch-ood's detectors (see module docstring)."""
+def likelihood_score(log_likelihoods: torch.Tensor, reconstruction: torch.Tensor,
+                     top: float, max_reconstruction: float) -> torch.Tensor:
+    """s(x) = -(M - max_c l_c(x)) * r(x) / r_max with M = top + 1 (step 4).
 
-    def __init__(self, model: nn.Module, autoencoder: nn.Module | None = None, score_stats: str = "test",
+    Rule: the gap M - max_c l_c(x) is floored at 1, the gap of an image as likely as the
+    most likely reference image. With the evaluated images as reference (``score_set``)
+    it never acts; with the training set as reference, an image more likely than every
+    training image keeps a negative (l - M), so a worse reconstruction (larger r) always
+    lowers s, instead of raising it once (l - M) turned positive.
+    """
+    best = log_likelihoods.max(dim=1).values
+    gap = (top + 1.0) - best
+    gap = torch.where(best > top, torch.ones_like(gap), gap)
+    weight = reconstruction / max_reconstruction if max_reconstruction > 0 else torch.ones_like(reconstruction)
+    return -gap * weight.to(gap)
+
+
+def score_set(evaluation: Evaluation) -> Evaluation:
+    """The paper's default (``test.py --score_stats test``): M and r_max from the
+    evaluated images themselves, so an image's score depends on the set it comes with."""
+    scores = likelihood_score(evaluation.log_likelihoods, evaluation.reconstruction,
+                              float(evaluation.log_likelihoods.max()), float(evaluation.reconstruction.max()))
+    return replace(evaluation, scores=scores)
+
+
+class FeatureEnsembleDetector(FeaturesDetector):
+    """Dinari & Freifeld (UAI 2022): the class-Gaussian likelihood of the feature ensemble,
+    weighted by the reconstruction distance (module docstring, steps 1-4).
+
+    ``model`` is a trained :class:`models.vmdls.VMDLS` (anything with ``embed(x)`` giving
+    ``h``, ``taps`` and ``mu``, an ``encoder`` and ``hparams.class_num``); ``autoencoder``
+    maps a normalised batch to its reconstruction (None: r = 1); ``preprocess`` turns the
+    loader's [0, 1] images into the normalised batch the model takes.
+
+    pytorch-ood interface: ``fit(loader)``, ``fit_features(f, y)``, ``predict(x)`` and
+    ``predict_features(f)``; outlier score = -s(x), higher is more unknown.
+    """
+
+    requires_fit = True
+
+    def __init__(self, model: nn.Module | None, autoencoder: nn.Module | None = None,
                  preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 device: torch.device | str = "cpu", jitter_step: float = 1e-6, extra_steps: int = 2):
-        if score_stats not in ("test", "train"):
-            raise ValueError(f"score_stats must be 'test' or 'train', not {score_stats!r}")
-        self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
-        self.autoencoder = autoencoder.to(self.device).eval() if autoencoder is not None else None
-        self.score_stats = score_stats
+                 device: torch.device | str | None = None, num_classes: int | None = None,
+                 jitter_step: float = 1e-6, extra_steps: int = 2):
+        super().__init__()
+        self.model = model.eval() if model is not None else None
+        self.autoencoder = autoencoder.eval() if autoencoder is not None else None
         self.preprocess = preprocess or (lambda x: x)
+        self.num_classes = int(num_classes if num_classes is not None else model.hparams.class_num)
         self.jitter_step = jitter_step
         self.extra_steps = extra_steps
         self.gaussians: ClassGaussians | None = None
-        self.max_log_likelihood: float | None = None   # from the training set, 'train' mode
-        self.max_reconstruction: float | None = None   # likewise
+        self.max_log_likelihood: float | None = None   # of the training set: M - 1
+        self.max_reconstruction: float | None = None   # of the training set: r_max
+        self.to(device or "cpu")
 
-    @property
-    def num_classes(self) -> int:
-        return int(self.model.hparams.class_num)
+    def to(self, device) -> "FeatureEnsembleDetector":
+        super().to(device)
+        if self.gaussians is not None:
+            self.gaussians.to(device)
+        return self
 
     # ------------------------------------------------------------------ feature passes
-    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The normalised batch, its tap1 and f(x), from one backbone pass."""
+        if self.model is None:
+            raise ValueError("this detector was built without a model: use fit_features / predict_features")
         x = self.preprocess(x.to(self.device, non_blocking=True))
         out = self.model.embed(x)
         return x, out["taps"][0], torch.cat([*out["taps"], out["h"], out["mu"]], dim=1)
 
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f(x) and r(x) before normalisation, for a batch of loader images: one backbone
+        pass, plus one over the autoencoder's reconstruction."""
+        x, tap1, f = self._embed(x)
+        return f, self._reconstruction_distance(x, tap1)
+
     def _reconstruction_distance(self, x: torch.Tensor, tap1: torch.Tensor) -> torch.Tensor:
         """mean over dims of (tap1(x) - tap1(AE(x)))^2; 1 without an autoencoder."""
         if self.autoencoder is None:
-            return torch.ones(len(x), device=self.device)
+            return torch.ones(len(x), dtype=torch.float64, device=x.device)
         _, reconstructed_taps = self.model.encoder(self.autoencoder(x))
-        return ((tap1 - reconstructed_taps[0]) ** 2).mean(dim=1)
+        return ((tap1 - reconstructed_taps[0]) ** 2).mean(dim=1).double()
 
+    # ------------------------------------------------------------------------ fitting
     @torch.no_grad()
-    def fit(self, batches: Iterable[Batch]) -> "FeatureEnsembleDetector":
-        """Per-class Gaussians of f over the known training set (step 1), in one pass."""
+    def fit(self, data_loader: Iterable[Batch], score_statistics: bool = True) -> "FeatureEnsembleDetector":
+        """Step 1 on the known training set, in one pass; then, with ``score_statistics``,
+        a second pass for the training set's M and r_max, which ``predict`` needs."""
         stats: ClassStatistics | None = None
-        for x, y in batches:
-            _, _, features = self._features(x)
+        for x, y in data_loader:
+            _, _, f = self._embed(x)
             if stats is None:
-                stats = ClassStatistics(self.num_classes, features.shape[1]).to(self.device)
-            stats.update(features, y.to(self.device))
+                stats = ClassStatistics(self.num_classes, f.shape[1]).to(f.device)
+            stats.update(f, y.to(f.device))
         if stats is None:
             raise ValueError("the training set gave no batches to fit the class Gaussians on")
         self.gaussians = ClassGaussians.from_statistics(stats, step=self.jitter_step, extra_steps=self.extra_steps)
+        if score_statistics:
+            self.fit_score_statistics(data_loader)
         return self
 
     @torch.no_grad()
-    def fit_score_statistics(self, batches: Iterable[Batch]) -> "FeatureEnsembleDetector":
-        """'train' mode: M and the largest r from a second pass over the training set."""
-        evaluation = self.evaluate(batches)
+    def fit_score_statistics(self, data_loader: Iterable[Batch]) -> "FeatureEnsembleDetector":
+        """M - 1 and r_max of the known training set (a pass after the Gaussians are fitted)."""
+        evaluation = self.evaluate(data_loader)
         self.max_log_likelihood = float(evaluation.log_likelihoods.max())
         self.max_reconstruction = float(evaluation.reconstruction.max())
         return self
 
     @torch.no_grad()
+    def fit_features(self, x: torch.Tensor, y: torch.Tensor,
+                     reconstruction: torch.Tensor | None = None) -> "FeatureEnsembleDetector":
+        """Steps 1 and the training statistics from precomputed f(x) [N, D] of the known
+        training set and its labels; ``reconstruction`` is r(x) of the same images (r_max
+        is 1 without it)."""
+        stats = ClassStatistics(self.num_classes, x.shape[1]).to(x.device)
+        stats.update(x, y)
+        self.gaussians = ClassGaussians.from_statistics(stats, step=self.jitter_step, extra_steps=self.extra_steps)
+        known = (y >= 0) & (y < self.num_classes)
+        self.max_log_likelihood = float(self.gaussians.log_prob(x[known]).max())
+        self.max_reconstruction = 1.0 if reconstruction is None else float(reconstruction[known].max())
+        return self
+
+    # ------------------------------------------------------------------------ scoring
+    def _require_fit(self, statistics: bool) -> None:
+        if self.gaussians is None or (statistics and self.max_log_likelihood is None):
+            raise RequiresFittingException("call fit() (or fit_features()) before scoring")
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Outlier scores -s(x) of one batch of loader images, M and r_max from training."""
+        self._require_fit(statistics=True)
+        f, r = self.features(x)
+        return self.predict_features(f, r)
+
+    @torch.no_grad()
+    def predict_features(self, x: torch.Tensor, reconstruction: torch.Tensor | None = None) -> torch.Tensor:
+        """Outlier scores -s(x) from f(x) [N, D] (and r(x) before normalisation, if any)."""
+        self._require_fit(statistics=True)
+        log_likelihoods = self.gaussians.log_prob(x)
+        if reconstruction is None:
+            reconstruction = torch.ones(len(x), dtype=torch.float64, device=log_likelihoods.device)
+        return -likelihood_score(log_likelihoods, reconstruction.to(log_likelihoods.device),
+                                 self.max_log_likelihood, self.max_reconstruction)
+
+    @torch.no_grad()
     def evaluate(self, batches: Iterable[Batch], keep_features: bool = False) -> Evaluation:
-        """l_c(x), r(x) and the argmax class of every image (steps 2 and 3), unscored."""
-        if self.gaussians is None:
-            raise RuntimeError("call fit() before evaluate()")
+        """l_c(x), r(x) and the argmax class of every image (steps 2 and 3), unscored:
+        :func:`score_set` or :meth:`score` turns them into s(x)."""
+        self._require_fit(statistics=False)
         log_likelihoods, reconstruction, labels, features = [], [], [], []
         for x, y in batches:
-            x, tap1, f = self._features(x)
-            r = self._reconstruction_distance(x, tap1)
+            f, r = self.features(x)
             log_likelihoods.append(self.gaussians.log_prob(f).cpu())
-            reconstruction.append(r.double().cpu())
+            reconstruction.append(r.cpu())
             labels.append(y.cpu())
             if keep_features:
                 features.append(f.cpu())
         log_likelihoods = torch.cat(log_likelihoods)
         return Evaluation(
-            scores=torch.empty(0), predictions=log_likelihoods.argmax(dim=1), labels=torch.cat(labels),
+            scores=None, predictions=log_likelihoods.argmax(dim=1), labels=torch.cat(labels),
             log_likelihoods=log_likelihoods, reconstruction=torch.cat(reconstruction),
             features=torch.cat(features) if keep_features else None,
         )
 
     def score(self, evaluation: Evaluation) -> Evaluation:
-        """s(x) = max_c (l_c(x) - M) * r(x) (step 4), M and max r per ``score_stats``."""
-        if self.score_stats == "train":
-            if self.max_log_likelihood is None:
-                raise RuntimeError("score_stats='train' needs fit_score_statistics() first")
-            top, max_r = self.max_log_likelihood, self.max_reconstruction
-        else:
-            top, max_r = float(evaluation.log_likelihoods.max()), float(evaluation.reconstruction.max())
-        weight = evaluation.reconstruction / max_r if max_r > 0 else torch.ones_like(evaluation.reconstruction)
-        best = evaluation.log_likelihoods.max(dim=1).values
-        # (l - M) < 0 and r > 0, so the max over classes is taken at the largest l_c.
-        evaluation.scores = (best - (top + 1.0)) * weight
-        return evaluation
-
-    def predict(self, batches: Iterable[Batch], keep_features: bool = False) -> Evaluation:
-        return self.score(self.evaluate(batches, keep_features=keep_features))
+        """s(x) of evaluated images with M and r_max of the training set (``--score_stats train``)."""
+        self._require_fit(statistics=True)
+        scores = likelihood_score(evaluation.log_likelihoods, evaluation.reconstruction,
+                                  self.max_log_likelihood, self.max_reconstruction)
+        return replace(evaluation, scores=scores)

@@ -1,10 +1,11 @@
 """The VMDLS LightningModule: backbone + variational heads, trained with the metric and KL losses.
 
 Dinari & Freifeld, "Variational- and Metric-based Deep Latent Space for Out-of-Distribution
-Detection", UAI 2022. ../shared/METHOD.md section 2 states the training step by step.
+Detection", UAI 2022. docs/method.md section 2 states the training step by step.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -27,7 +28,7 @@ TRIPLET_MARGIN = 0.1
 class VMDLS(pl.LightningModule):
     """Backbone ``encoder`` + heads ``fc_mu`` / ``fc_var`` (the original's names).
 
-    Training (METHOD.md section 2): loss = triplet + distancing loss on z, plus from epoch
+    Training (docs/method.md section 2): loss = triplet + distancing loss on z, plus from epoch
     ``generation_epoch`` on the class KL against the previous epoch's class means. Each
     epoch accumulates per-class count, sum and outer-product sum of z in float64
     (all-reduced under DDP) and, at its end, sets the class means, covariances and the
@@ -55,21 +56,18 @@ class VMDLS(pl.LightningModule):
         finetune_lr: float = 1e-4,
         finetune_epochs: int = 20,
         in_channels: int | None = None,
-        **kwargs,
     ):
         super().__init__()
         self.save_hyperparameters()
         if opt not in ("sgd", "adam"):
-            raise UserError(f"--opt {opt!r} is not known; use sgd or adam")
+            raise UserError(f"optimiser {opt!r} is not known; use sgd or adam", setting="opt")
         self.encoder = build_backbone(
             enc_type, in_channels=in_channels, input_height=input_height,
             first_conv=first_conv, maxpool1=maxpool1, class_num=class_num,
         )
         if self.encoder.feature_dim != enc_out_dim:
-            raise UserError(
-                f"--enc_out_dim {enc_out_dim} does not match {enc_type}'s feature size "
-                f"{self.encoder.feature_dim}; pass --enc_out_dim {self.encoder.feature_dim}"
-            )
+            raise UserError(f"enc_out_dim {enc_out_dim} does not match {enc_type}'s feature size "
+                            f"{self.encoder.feature_dim}; set it to {self.encoder.feature_dim}", setting="enc_out_dim")
         self.fc_mu, self.fc_var = make_heads(enc_out_dim, latent_dim)
         self.metric_loss = TripletDistancingLoss(margin=TRIPLET_MARGIN, neg_margin=INITIAL_MARGIN)
         self.epoch_stats = ClassStatistics(class_num, latent_dim)
@@ -83,6 +81,17 @@ class VMDLS(pl.LightningModule):
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._resumed_epoch = 0
         self._statistics_ready = False  # mirrors finished_epochs > 0 without a device sync
+
+    @classmethod
+    def hyperparameter_names(cls) -> tuple[str, ...]:
+        """The names __init__ takes: what a checkpoint's hyperparameters may set."""
+        return tuple(name for name in inspect.signature(cls.__init__).parameters if name != "self")
+
+    @classmethod
+    def from_args(cls, args, in_channels: int) -> "VMDLS":
+        """Build from the parsed flags of main.py (utils.flags), taking only the model's own."""
+        return cls(**{name: getattr(args, name) for name in cls.hyperparameter_names() if hasattr(args, name)},
+                   in_channels=in_channels)
 
     # ----------------------------------------------------------------- forward passes
     def forward(self, x: torch.Tensor) -> torch.Tensor:

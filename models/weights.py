@@ -34,11 +34,12 @@ class WeightsReport:
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """A state_dict from a file, possibly nested under 'state_dict' (Lightning, .pth.tar)."""
-    payload = read_torch_file(path, "--weights", "give a state_dict saved with torch.save")
+    payload = read_torch_file(path, "weights file", "give a state_dict saved with torch.save", setting="weights")
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         payload = payload["state_dict"]
     if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
-        raise UserError(f"--weights file {path!r} holds no state_dict of tensors; save one with torch.save(model.state_dict(), path)")
+        raise UserError(f"weights file {path!r} holds no state_dict of tensors; save one with "
+                        "torch.save(model.state_dict(), path)", setting="weights")
     return payload
 
 

@@ -58,22 +58,14 @@ def parse_gpus(text: str | None) -> list[int] | int | None:
 
 
 def add_trainer_args(parser: argparse.ArgumentParser, max_epochs: int | None = None) -> None:
-    """The Lightning flags the original README uses, plus the modern device flags."""
-    group = parser.add_argument_group("trainer")
-    group.add_argument("--gpus", type=str, default=None,
-                       help='Lightning 1.x style: "0," uses GPU 0, "2" uses two GPUs')
-    group.add_argument("--accelerator", type=str, default="auto",
-                       help="cpu, gpu, mps or auto; --accelerator cpu overrides --gpus")
-    group.add_argument("--devices", type=str, default=None, help='"auto", a count, or a list like "0,1"')
-    group.add_argument("--strategy", type=str, default="auto", help="auto, ddp, ...")
-    group.add_argument("--precision", type=str, default="32-true", help="32-true, 16-mixed, bf16-mixed, ...")
-    group.add_argument("--max_epochs", type=int, default=max_epochs)
-    group.add_argument("--max_steps", type=int, default=-1)
-    group.add_argument("--fast_dev_run", type=fast_dev_run_value, nargs="?", const=True, default=False,
-                       help="run N batches of train/val (1 if no N) as a smoke test")
-    group.add_argument("--limit_train_batches", type=int_or_float, default=None)
-    group.add_argument("--limit_val_batches", type=int_or_float, default=None)
-    group.add_argument("--num_nodes", type=int, default=1)
+    """Temporary: the autoencoder scripts' old entry point to utils.flags."""
+    from utils import flags
+
+    flags.add_trainer_args(parser, max_epochs)
+    group = parser.add_argument_group("devices")
+    group.add_argument("--gpus", type=str, default=None)
+    group.add_argument("--accelerator", type=str, default="auto")
+    group.add_argument("--devices", type=str, default=None)
 
 
 def _parse_devices(text: str | None):

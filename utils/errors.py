@@ -8,7 +8,7 @@ class UserError(ValueError):
     Library code raises it with ``setting``, the name of the parameter at fault (for
     example ``"class_num"``), and leaves command-line flags out of the message. The
     scripts' entry point (``utils.cli.run_main``) prints it as one line, adds the flag to
-    change (``--class_num``) when the message does not already name it, and exits with
+    change, as "(change --class_num)", when the message does not already name it, and exits with
     status 2, so no traceback reaches the user.
     """
 
@@ -20,5 +20,5 @@ class UserError(ValueError):
         """The message as a script prints it: with the flag to change, once."""
         message = str(self)
         if self.setting and f"--{self.setting}" not in message:
-            message = f"{message.rstrip('.')}; change --{self.setting}"
+            message = f"{message.rstrip('.')} (change --{self.setting})"
         return message

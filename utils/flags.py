@@ -1,84 +1,146 @@
-"""The original's command-line flags, shared by main.py and test.py.
+"""The command-line flags of the four scripts, defined once.
 
-Both spellings are accepted where README-original and the original code differ:
+Each group is a function adding one argparse group; every script picks the groups it
+needs, so a flag means the same thing, with the same default, wherever it appears:
+
+| group      | main.py | test.py | mnist_ae.py / train_resnet_ae.py |
+|------------|---------|---------|----------------------------------|
+| common     | yes     | yes     | yes                              |
+| data       | yes     | yes     | the known-set flags              |
+| model      | yes     | yes     | --latent_dim, --enc_out_dim      |
+| training   | yes     | hidden  | --lr                             |
+| trainer    | yes     | hidden  | yes                              |
+
+"hidden" flags are accepted silently (so the original README's test commands, which
+repeat the training flags, keep working) but not listed by ``--help``.
+
+Both spellings are accepted where the original README and the original code differ:
 ``--margin_jump`` / ``--margin_jumps`` and ``--margins_epoch`` / ``--margin_epochs``.
-Defaults are the original code's.
+Defaults are the original code's. This module imports nothing heavy, so ``--help`` is fast.
 """
 from __future__ import annotations
 
 import argparse
 import os
 
-from utils.cli import add_trainer_args
+from utils.cli import fast_dev_run_value, int_or_float
+
+LOGGERS = ("csv", "tensorboard", "wandb", "mlflow", "neptune")
+DEFAULT_LOGGERS = ("csv", "tensorboard")
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> None:
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the scripts' docstrings as written and shows every flag's default."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):  # the help already says what the default means
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _adder(group: argparse._ArgumentGroup, hidden: bool):
+    """group.add_argument, with the help suppressed when the group is hidden."""
+    def add(*names, **kwargs):
+        if hidden:
+            kwargs["help"] = argparse.SUPPRESS
+        return group.add_argument(*names, **kwargs)
+    return add
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Flags every script takes: seed, devices, workers, output folder and loggers."""
+    add = parser.add_argument_group("common (every script)").add_argument
+    add("--seed", type=int, default=0, help="seed of every random generator")
+    add("--output_dir", type=str, default=None,
+        help="folder for everything the run writes (default: a new folder under outputs/)")
+    add("--accelerator", type=str, default="auto", help="cpu, gpu, mps or auto; cpu overrides --gpus")
+    add("--devices", type=str, default=None, help='"auto", a count, or a device list like "0,1"')
+    add("--gpus", type=str, default=None, help='Lightning 1.x style: "0," uses GPU 0, "2" uses two GPUs')
+    add("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loading processes")
+    add("--logger", nargs="+", choices=LOGGERS, default=None, metavar="NAME",
+        help=f"experiment loggers, any of {', '.join(LOGGERS)} (default: {' '.join(DEFAULT_LOGGERS)}, plus "
+             "neptune when its client is installed and configured); metrics.csv is written whatever they are")
+    add("--offline", action="store_true", help="keep the loggers offline (Neptune's and W&B's offline modes)")
+    add("--neptune_project", type=str, default=None, help="Neptune project (or the NEPTUNE_PROJECT variable)")
+
+
+def add_known_data_args(group_or_parser, *, known_dataset: str = "mnist", data_transforms: str = "mnist",
+                        class_num: int | None = 10, batch_size_help: str = "evaluation batch size") -> None:
+    """The known (in-distribution) dataset: shared by all four scripts."""
+    add = group_or_parser.add_argument
+    add("--known_dataset", default=known_dataset, type=str,
+        help="known (in-distribution) dataset, e.g. mnist, cifar_known, cifar100_known, digits")
+    add("--data_dir", default=".", type=str, help="folder holding every dataset")
+    add("--data_transforms", default=data_transforms, type=str,
+        help="mnist, cifar, cifar_test or blob: augmentation while training and the normalisation")
+    add("--class_num", type=int, default=class_num, help="known classes: classes 0..class_num-1")
+    add("--batch_size", type=int, default=256, help=batch_size_help)
+
+
+def add_data_args(parser: argparse.ArgumentParser, hide_training: bool = False) -> None:
+    """main.py and test.py: the known and unknown datasets, and the balanced batches."""
     group = parser.add_argument_group("data")
-    group.add_argument("--known_dataset", default="mnist", type=str,
-                       help="known (in-distribution) dataset, e.g. mnist, cifar_known, cifar100_known, digits")
+    add_known_data_args(group)
     group.add_argument("--unknown_dataset", default="omniglot", type=str,
                        help="unknown dataset, e.g. omniglot, noise, lsun-resize, cifar_unknown, digits_unknown")
-    group.add_argument("--data_dir", default=".", type=str, help="folder holding every dataset")
-    group.add_argument("--data_transforms", default="mnist", type=str, help="mnist, cifar, cifar_test or blob")
-    group.add_argument("--input_height", type=int, default=28, help="image size: 28 for MNIST, 32 for CIFAR")
-    group.add_argument("--class_num", type=int, default=10, help="known classes: classes 0..class_num-1")
-    group.add_argument("--batch_classes", type=int, default=10, help="B_c: classes per training batch")
-    group.add_argument("--sample_count", type=int, default=40, help="B_s: images per class per batch")
-    group.add_argument("--batch_size", type=int, default=256, help="evaluation batch size")
-    group.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1))
+    group.add_argument("--input_height", type=int, default=28, help="image side: 28 for MNIST, 32 for CIFAR")
+    add = _adder(group, hide_training)
+    add("--batch_classes", type=int, default=10, help="B_c: classes per training batch")
+    add("--sample_count", type=int, default=40, help="B_s: images per class per training batch")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model")
-    group.add_argument("--enc_type", type=str, default="resnet18",
-                       help="mnist-conv, vgg, resnet18, resnet50, densenet or wresnet")
-    group.add_argument("--first_conv", action="store_true", help="ResNet: 7x7 stride-2 stem")
-    group.add_argument("--maxpool1", action="store_true", help="ResNet: max-pool after the stem")
-    group.add_argument("--enc_out_dim", type=int, default=512,
-                       help="backbone feature size: 500/1024/512/2048/342/640 for mnist-conv/vgg/resnet18/resnet50/densenet/wresnet")
-    group.add_argument("--latent_dim", type=int, default=256)
-    group.add_argument("--kl_coeff", type=float, default=0.1)
-    group.add_argument("--lr", type=float, default=1e-4)
-    group.add_argument("--opt", type=str, default="sgd", choices=["sgd", "adam"])
-    group.add_argument("--step_size", type=int, default=100, help="StepLR period in epochs")
-    group.add_argument("--step_gamma", type=float, default=0.1)
-    group.add_argument("--generation_epoch", type=int, default=20, help="first epoch with the KL loss")
-    group.add_argument("--lower_bound", type=float, default=0.05,
-                       help="quantile of the class bounds used by the validation diagnostics")
-    group.add_argument("--margin_max_distance", type=float, default=32, help="largest M_d")
-    group.add_argument("--margin_jump", "--margin_jumps", dest="margin_jump", type=float, default=1.0,
-                       help="M_d grows by this much each epoch")
-    group.add_argument("--margins_epoch", "--margin_epochs", dest="margins_epoch", type=int, default=0,
-                       help="first epoch at which M_d grows")
-    group.add_argument("--weights", default=None, type=str, help="backbone weights (a state_dict) to start from")
-    group.add_argument("--finetune", action="store_true", help="train only the heads for 20 epochs first")
-    group.add_argument("--finetune_lr", type=float, default=1e-4)
-    group.add_argument("--finetune_epochs", type=int, default=20,
-                       help="with --finetune: epochs that train only the heads (the paper: 20)")
-    group.add_argument("--checkpoint_path", default=None, type=str)
-    group.add_argument("--log_tsne", action="store_true")
-    group.add_argument("--ae_features", action="store_true", help="weight scores by autoencoder reconstruction")
+    """The architecture: what a checkpoint records, and test.py takes from it unless given."""
+    add = parser.add_argument_group("model").add_argument
+    add("--enc_type", type=str, default="resnet18", help="mnist-conv, vgg, resnet18, resnet50, densenet or wresnet")
+    add("--first_conv", action="store_true", help="ResNet: the 7x7 stride-2 stem")
+    add("--maxpool1", action="store_true", help="ResNet: a max-pool after the stem")
+    add("--enc_out_dim", type=int, default=512,
+        help="backbone feature size: 500/1024/512/2048/342/640 for mnist-conv/vgg/resnet18/resnet50/densenet/wresnet")
+    add("--latent_dim", type=int, default=256, help="size of the latent mu and z")
+
+
+def add_training_args(parser: argparse.ArgumentParser, hidden: bool = False) -> None:
+    """The losses, the optimiser, the margin schedule and fine-tuning (main.py)."""
+    add = _adder(parser.add_argument_group("training"), hidden)
+    add("--kl_coeff", type=float, default=0.1, help="weight of the class KL loss")
+    add("--lr", type=float, default=1e-4, help="learning rate")
+    add("--opt", type=str, default="sgd", choices=["sgd", "adam"], help="optimiser (SGD: momentum 0.9, Nesterov)")
+    add("--step_size", type=int, default=100, help="StepLR period in epochs")
+    add("--step_gamma", type=float, default=0.1, help="StepLR factor")
+    add("--generation_epoch", type=int, default=20, help="first epoch with the KL loss")
+    add("--lower_bound", type=float, default=0.05,
+        help="quantile of the class bounds used by the validation diagnostics")
+    add("--margin_max_distance", type=float, default=32, help="largest distancing margin M_d")
+    add("--margin_jump", "--margin_jumps", dest="margin_jump", type=float, default=1.0,
+        help="M_d grows by this much each epoch")
+    add("--margins_epoch", "--margin_epochs", dest="margins_epoch", type=int, default=0,
+        help="first epoch at which M_d grows")
+    add("--weights", default=None, type=str, help="backbone weights (a state_dict file) to start from")
+    add("--finetune", action="store_true", help="with --weights: train only the heads first")
+    add("--finetune_lr", type=float, default=1e-4, help="learning rate of the heads-only phase")
+    add("--finetune_epochs", type=int, default=20, help="epochs of the heads-only phase (the paper: 20)")
     # Accepted for compatibility; the original parsed them but the method does not use them.
     for name, default in (("--cov_scaling", 5.0), ("--recon_weight", 0.1), ("--gen_weight", 0.5)):
-        group.add_argument(name, type=float, default=default, help=argparse.SUPPRESS)
+        parser.add_argument(name, type=float, default=default, help=argparse.SUPPRESS)
 
 
-def add_run_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("run")
-    group.add_argument("--seed", type=int, default=0)
-    group.add_argument("--output_dir", type=str, default=None, help="where everything of this run is written")
-    group.add_argument("--offline", action="store_true", help="no Neptune upload (offline mode if installed)")
-    group.add_argument("--neptune_project", type=str, default=None, help="Neptune project (or NEPTUNE_PROJECT)")
+def add_trainer_args(parser: argparse.ArgumentParser, max_epochs: int | None = None, hidden: bool = False) -> None:
+    """Lightning's loop settings that the original README uses, plus the modern ones."""
+    add = _adder(parser.add_argument_group("trainer"), hidden)
+    add("--strategy", type=str, default="auto", help="auto, ddp, ...")
+    add("--precision", type=str, default="32-true", help="32-true, 16-mixed, bf16-mixed, ...")
+    add("--max_epochs", type=int, default=max_epochs, help="epochs to train")
+    add("--max_steps", type=int, default=-1, help="stop after this many steps (-1: no limit)")
+    add("--fast_dev_run", type=fast_dev_run_value, nargs="?", const=True, default=False,
+        help="run N batches of train/val (1 if no N) as a smoke test")
+    add("--limit_train_batches", type=int_or_float, default=None, help="batches per epoch (int) or a fraction")
+    add("--limit_val_batches", type=int_or_float, default=None, help="validation batches (int) or a fraction")
+    add("--num_nodes", type=int, default=1, help="machines for DDP")
 
 
-def script_parser(description: str) -> argparse.ArgumentParser:
-    """The flags main.py and test.py share: data, model, run and trainer."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(parser)
-    add_model_args(parser)
-    add_run_args(parser)
-    add_trainer_args(parser)
-    return parser
+def new_parser(description: str) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:

@@ -1,12 +1,13 @@
-"""Loggers: Lightning's CSV logger always; Neptune as well when it is installed and usable.
+"""Experiment loggers (``--logger``) and atomic writes of result files.
 
-Neptune is optional. Lightning 2.6 dropped its NeptuneLogger (Neptune was sunset), so a
-small Logger over the ``neptune`` client stands in for it. With ``--offline`` and the
-client installed, Neptune's offline mode is used; without the client or credentials,
-everything is still written locally under --output_dir.
+Lightning's own loggers serve ``csv``, ``tensorboard``, ``wandb`` and ``mlflow``. Neptune
+was sunset and Lightning 2.6 dropped its NeptuneLogger, so a small Logger over the
+``neptune`` client stands in for ``neptune``; it is optional, as are W&B and MLflow.
+Whatever the loggers, the CSV metrics and every file are written under --output_dir.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from argparse import Namespace
@@ -15,6 +16,9 @@ from typing import Any
 
 from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+
+from utils.errors import UserError
+from utils.flags import DEFAULT_LOGGERS, LOGGERS
 
 
 def _neptune_module():
@@ -69,22 +73,77 @@ class NeptuneRunLogger(Logger):
         self._run.stop()
 
 
-def build_loggers(output_dir: str, offline: bool, tags: list[str] | None = None,
-                  project: str | None = None) -> list[Logger]:
-    """CSV logger writing ``output_dir/metrics.csv`` and ``hparams.yaml``, plus Neptune
-    when the client is installed and either --offline is set or credentials exist."""
-    loggers: list[Logger] = [CSVLogger(save_dir=output_dir, name="", version="")]
+# The packages each optional logger can run on (any one of them will do).
+_LOGGER_PACKAGES = {"tensorboard": ("tensorboardX", "tensorboard"), "wandb": ("wandb",), "mlflow": ("mlflow",),
+                    "neptune": ("neptune",)}
+
+
+def _require(name: str) -> None:
+    """One sentence naming the package to install when a chosen logger cannot run."""
+    packages = _LOGGER_PACKAGES.get(name, ())
+    if not packages or any(importlib.util.find_spec(package) for package in packages):
+        return
+    raise UserError(f"the {name} logger needs the {packages[0]} package, which is not installed: "
+                    f"pip install {packages[0]}, or leave {name} out of --logger")
+
+
+def _neptune_logger(output_dir: str, offline: bool, tags: list[str], project: str | None,
+                    explicit: bool) -> Logger | None:
+    """Neptune when asked for (--logger neptune), or for a run that names no logger (as the
+    original commands, which logged to Neptune) when the client is installed and usable."""
     if _neptune_module() is None:
-        return loggers
+        if explicit:
+            _require("neptune")
+        return None
     project = project or os.environ.get("NEPTUNE_PROJECT")
     if not offline and not (os.environ.get("NEPTUNE_API_TOKEN") and project):
+        if explicit:
+            raise UserError("the neptune logger needs NEPTUNE_API_TOKEN and NEPTUNE_PROJECT (or --neptune_project); "
+                            "set them, or add --offline for Neptune's offline mode")
         rank_zero_info("neptune is installed but NEPTUNE_API_TOKEN / NEPTUNE_PROJECT are not set: "
                        "logging locally only")
-        return loggers
+        return None
     try:
-        loggers.append(NeptuneRunLogger(project, offline, tags))
+        return NeptuneRunLogger(project, offline, tags)
     except Exception as error:  # a bad token must not cost the local logs
         rank_zero_info(f"neptune logging disabled ({error}); logging locally only")
+        return None
+
+
+def build_loggers(output_dir: str, names: list[str] | None = None, offline: bool = False,
+                  tags: list[str] | None = None, project: str | None = None) -> list[Logger]:
+    """Lightning's loggers for ``--logger NAMES``; ``names=None`` means the flag was not given.
+
+    Lightning's CSV logger always comes first (``output_dir/metrics.csv`` and
+    ``hparams.yaml`` are written whatever the loggers); ``tensorboard`` writes under
+    ``output_dir/tensorboard``, ``mlflow`` into the local store ``output_dir/mlruns``,
+    ``wandb`` under ``output_dir/wandb`` (offline with ``--offline``). Without the flag:
+    CSV and TensorBoard, plus Neptune when its client is installed and configured.
+    """
+    from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+
+    explicit = names is not None
+    wanted = list(dict.fromkeys(names if explicit else DEFAULT_LOGGERS))
+    for name in wanted:
+        if name not in LOGGERS:
+            raise UserError(f"unknown logger {name!r}; use any of {', '.join(LOGGERS)}", setting="logger")
+        if name != "neptune":
+            _require(name)
+    tags = tags or []
+    loggers: list[Logger] = [CSVLogger(save_dir=output_dir, name="", version="")]
+    if "tensorboard" in wanted:
+        loggers.append(TensorBoardLogger(save_dir=output_dir, name="tensorboard", version="",
+                                         default_hp_metric=False))
+    if "mlflow" in wanted:
+        mlruns = os.path.abspath(os.path.join(output_dir, "mlruns"))
+        loggers.append(MLFlowLogger(experiment_name="vmdls", tracking_uri=f"file:{mlruns}",
+                                    tags={tag.split(":", 1)[0]: tag.split(":", 1)[-1] for tag in tags}))
+    if "wandb" in wanted:
+        loggers.append(WandbLogger(save_dir=output_dir, offline=offline, project="vmdls", tags=tags))
+    if "neptune" in wanted or not explicit:
+        neptune = _neptune_logger(output_dir, offline, tags, project, explicit)
+        if neptune is not None:
+            loggers.append(neptune)
     return loggers
 
 

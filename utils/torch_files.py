@@ -49,12 +49,14 @@ def _load(path: str, map_location):
                           pickle_module=_lenient_pickle_module())
 
 
-def read_torch_file(path: str | None, flag: str, remedy: str, map_location="cpu"):
-    """torch.load ``path`` given by ``flag``; a missing or unreadable file is a UserError
-    naming the flag and ending with ``remedy`` (what the user should pass instead)."""
+def read_torch_file(path: str | None, label: str, remedy: str, map_location="cpu", setting: str | None = None):
+    """torch.load ``path``; a missing or unreadable file is a UserError naming it by
+    ``label`` (what the file is) and ending with ``remedy`` (what to give instead);
+    ``setting`` is the parameter the path came from."""
     if not path or not os.path.isfile(path):
-        raise UserError(f"{flag} {path!r} does not exist; {remedy}")
+        raise UserError(f"{label} {path!r} does not exist; {remedy}", setting=setting)
     try:
         return _load(path, map_location)
     except Exception as error:
-        raise UserError(f"{flag} {path!r} could not be read ({type(error).__name__}); {remedy}") from None
+        raise UserError(f"{label} {path!r} could not be read ({type(error).__name__}); {remedy}",
+                        setting=setting) from None

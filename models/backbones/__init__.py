@@ -53,7 +53,7 @@ _TAP_DIMS: dict[str, tuple[int, int, int]] = {
 def _check_name(enc_type: str) -> None:
     if enc_type not in BACKBONES:
         names = ", ".join(sorted(BACKBONES))
-        raise UserError(f"unknown --enc_type {enc_type!r}: the valid names are {names}")
+        raise UserError(f"unknown backbone {enc_type!r}: the valid names are {names}", setting="enc_type")
 
 
 def build_backbone(enc_type: str, *, in_channels: int | None = None, input_height: int | None = None,
