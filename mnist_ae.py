@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from models.autoencoders import add_autoencoder_args, announce_checkpoint, train_autoencoder
+from utils.autoencoder_training import add_autoencoder_args, announce_checkpoint, train_autoencoder
 from utils.cli import add_trainer_args, run_main
 
 

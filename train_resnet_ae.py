@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from models.autoencoders import add_autoencoder_args, announce_checkpoint, train_autoencoder
+from utils.autoencoder_training import add_autoencoder_args, announce_checkpoint, train_autoencoder
 from utils.cli import add_trainer_args, run_main
 from utils.errors import UserError
 

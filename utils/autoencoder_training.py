@@ -1,0 +1,100 @@
+"""What mnist_ae.py and train_resnet_ae.py share: their flags (``add_autoencoder_args``),
+the training run (``train_autoencoder``) and the last line they print
+(``announce_checkpoint``). The models themselves live in ``models/autoencoders/``."""
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_only
+
+from models.autoencoders import ENC_OUT_DIM, AutoEncoder
+from utils.errors import UserError
+
+__all__ = ["add_autoencoder_args", "announce_checkpoint", "train_autoencoder"]
+
+
+def add_autoencoder_args(parser: argparse.ArgumentParser, *, known_dataset: str, data_transforms: str,
+                         latent_dim: int) -> None:
+    """Flags shared by mnist_ae.py and train_resnet_ae.py (the trainer flags come separately)."""
+    parser.add_argument("--known_dataset", default=known_dataset,
+                        help=f"known (in-distribution) dataset to train on (default {known_dataset})")
+    parser.add_argument("--data_dir", default="./data", help="where the datasets live (default ./data)")
+    parser.add_argument("--class_num", type=int, default=None,
+                        help="train on classes < class_num like the classifier (default 10; 100 for cifar100_known)")
+    parser.add_argument("--data_transforms", default=data_transforms,
+                        help=f"mnist, cifar, cifar_test or blob: augmentation while training, and the "
+                             f"normalisation the AE expects, which must match test.py's (default {data_transforms})")
+    parser.add_argument("--latent_dim", type=int, default=latent_dim, help=f"latent size (default {latent_dim})")
+    parser.add_argument("--enc_out_dim", type=int, default=None,
+                        help="accepted for the original's command lines; must equal the encoder's output size")
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    parser.add_argument("--num_workers", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0, help="seed for pl.seed_everything (default 0)")
+    parser.add_argument("--output_dir", default=None,
+                        help="folder for checkpoints and the CSV log (default outputs/ae_<known_dataset>)")
+
+
+@rank_zero_only
+def announce_checkpoint(path: str) -> None:
+    """Print the checkpoint path as the script's last line (once, on the main process)."""
+    print(f"last checkpoint: {path}", flush=True)
+
+
+def train_autoencoder(args: argparse.Namespace, arch: str) -> str:
+    """Train an AutoEncoder from parsed flags; returns the path of the last checkpoint."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    from datasets import BatchTransform, get_known_dataset
+    from utils.cli import ensure_output_dir, trainer_kwargs
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1, not {args.batch_size}")
+    if args.num_workers < 0:
+        raise UserError(f"--num_workers must be 0 or more, not {args.num_workers}")
+    if args.enc_out_dim is not None and args.enc_out_dim != ENC_OUT_DIM[arch]:
+        raise UserError(f"--enc_out_dim {args.enc_out_dim} does not match the {arch} encoder, whose output "
+                        f"size is {ENC_OUT_DIM[arch]}; drop the flag or set it to {ENC_OUT_DIM[arch]}")
+    class_num = args.class_num
+    if class_num is None:
+        class_num = 100 if args.known_dataset == "cifar100_known" else 10
+    kwargs = trainer_kwargs(args)
+    output_dir = ensure_output_dir(args.output_dir or os.path.join("outputs", f"ae_{args.known_dataset}"))
+    if args.seed is not None:
+        pl.seed_everything(args.seed, workers=True)
+
+    train_set = get_known_dataset(args.known_dataset, args.data_dir, class_num, train=True)
+    val_set = get_known_dataset(args.known_dataset, args.data_dir, class_num, train=False)
+    channels, height, width = train_set.image_shape
+    if height != width:
+        raise UserError(f"the autoencoders take square images but {args.known_dataset} has {height}x{width}; "
+                        f"pick a square known dataset")
+    BatchTransform(args.data_transforms, train_set.image_shape, train=True)  # fail early on a bad name
+
+    model = AutoEncoder.from_args(args, arch, input_height=height, in_channels=channels)
+    loader_kwargs = dict(batch_size=args.batch_size, num_workers=args.num_workers,
+                         persistent_workers=args.num_workers > 0)
+    train_loader = DataLoader(train_set, shuffle=True, drop_last=len(train_set) > args.batch_size,
+                              **loader_kwargs)
+    val_loader = DataLoader(val_set, shuffle=False, **loader_kwargs)
+
+    steps_per_epoch = len(train_loader)
+    if isinstance(args.limit_train_batches, int):
+        steps_per_epoch = min(steps_per_epoch, args.limit_train_batches)
+    elif isinstance(args.limit_train_batches, float):
+        steps_per_epoch = int(steps_per_epoch * args.limit_train_batches)
+    checkpoint = ModelCheckpoint(dirpath=output_dir, save_last=True, enable_version_counter=False)
+    trainer = pl.Trainer(callbacks=[checkpoint], logger=CSVLogger(save_dir=output_dir),
+                         default_root_dir=output_dir, enable_progress_bar=True,
+                         log_every_n_steps=max(1, min(50, steps_per_epoch)), **kwargs)
+    trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=val_loader)
+
+    last = checkpoint.last_model_path or os.path.join(output_dir, "last.ckpt")
+    if not os.path.isfile(last):  # fast_dev_run turns checkpointing off
+        last = os.path.join(output_dir, "last.ckpt")
+        trainer.save_checkpoint(last)
+    return last
