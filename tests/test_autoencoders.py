@@ -1,6 +1,7 @@
-"""Autoencoders (models/autoencoders.py) and their training scripts mnist_ae.py / train_resnet_ae.py."""
+"""Autoencoders (models/autoencoders/) and their training scripts mnist_ae.py / train_resnet_ae.py."""
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from models.autoencoders import AutoEncoder, MnistAE, ResNetAE, load_autoencoder
+from models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,6 +50,39 @@ def test_resnet50_ae_reconstructs_single_image():
     with torch.no_grad():
         assert net(x).shape == x.shape
     assert net.fc.in_features == 2048
+
+
+@pytest.mark.parametrize("arch,block", [("resnet18", BasicBlock), ("resnet50", Bottleneck)])
+def test_resnet_ae_encoder_is_the_backbone_resnet(arch, block):
+    net = ResNetAE(arch, input_height=32, in_channels=3)
+    assert isinstance(net.encoder, ResNet)
+    assert isinstance(net.encoder.layer1[0], block)
+    assert net.encoder.conv1.kernel_size == (3, 3) and net.encoder.conv1.stride == (1, 1)  # CIFAR stem
+    assert isinstance(net.encoder.maxpool, torch.nn.Identity)  # no max-pool
+    assert net.fc.in_features == net.encoder.feature_dim
+
+
+def test_autoencoder_rejects_misspelt_keyword():
+    with pytest.raises(TypeError):
+        AutoEncoder(arch="mnist", latnt_dim=3)
+
+
+def test_autoencoder_errors_name_the_setting_not_a_flag():
+    with pytest.raises(UserError) as info:
+        AutoEncoder(arch="mnist", latent_dim=0)
+    assert info.value.setting == "latent_dim" and "--" not in str(info.value)
+    with pytest.raises(UserError) as info:
+        ResNetAE("vgg")
+    assert info.value.setting == "enc_type" and "--" not in str(info.value)
+
+
+def test_autoencoder_from_args_takes_the_parsed_flags():
+    import argparse
+
+    args = argparse.Namespace(latent_dim=12, lr=3e-4, data_transforms=None)
+    model = AutoEncoder.from_args(args, "mnist", input_height=16, in_channels=3)
+    assert dict(model.hparams) == {"arch": "mnist", "input_height": 16, "in_channels": 3, "latent_dim": 12,
+                                   "lr": 3e-4, "data_transforms": None}
 
 
 def test_autoencoder_forward_rejects_wrong_image_shape():
@@ -137,6 +172,50 @@ def test_load_autoencoder_reads_original_layout_checkpoint(tmp_path):
         x = torch.randn(2, *shape)
         with torch.no_grad():
             assert torch.allclose(loaded(x), source(x), atol=1e-6)
+
+
+# sha256 of the "name:shape" lines of AutoEncoder(arch, side, channels, latent_dim=16).state_dict(), computed
+# with models/autoencoders.py as it was before the package split (its own ResNetEncoder); checkpoints written
+# then must keep loading, so the parameter names, order and shapes may not change.
+PRE_SPLIT_STATE_LAYOUT = {
+    ("mnist", 28, 1): (32, "b3e36760bb8a45cbe7c32472c76dbd94b3697fb0e1d129c82a80c7846fc9c75e"),
+    ("resnet18", 32, 3): (239, "931a4ca479c832436801fdfb992425f28da460095f40eff4753db606f38ae84c"),
+    ("resnet50", 32, 3): (629, "6a13b7c86323cc4dec4d1f4b17b8695cffeacfbae9ba96f4aff67eefdc7275b4"),
+}
+
+
+@pytest.mark.parametrize("arch,side,channels", list(PRE_SPLIT_STATE_LAYOUT))
+def test_parameter_layout_matches_pre_split_checkpoints(arch, side, channels):
+    state = AutoEncoder(arch=arch, input_height=side, in_channels=channels, latent_dim=16).state_dict()
+    lines = "\n".join(f"{key}:{tuple(value.shape)}" for key, value in state.items())
+    assert (len(state), hashlib.sha256(lines.encode()).hexdigest()) == PRE_SPLIT_STATE_LAYOUT[(arch, side, channels)]
+
+
+@pytest.mark.parametrize("arch,shape", [("mnist", (1, 28, 28)), ("resnet18", (3, 32, 32))])
+def test_load_autoencoder_reads_lightning_checkpoint_of_pre_split_code(tmp_path, arch, shape):
+    """The layout AutoEncoder checkpoints written by Lightning had: 'net.'-prefixed weights and the six
+    hyperparameters (the parameter names are pinned by test_parameter_layout_matches_pre_split_checkpoints)."""
+    torch.manual_seed(0)
+    source = AutoEncoder(arch=arch, input_height=shape[-1], in_channels=shape[0], latent_dim=16, lr=1e-3,
+                         data_transforms=None).eval()
+    hparams = {"arch": arch, "input_height": shape[-1], "in_channels": shape[0], "latent_dim": 16, "lr": 1e-3,
+               "data_transforms": None}
+    assert dict(source.hparams) == hparams
+    path = tmp_path / "last.ckpt"
+    torch.save({"epoch": 0, "global_step": 2, "pytorch-lightning_version": "2.4.0", "state_dict": source.state_dict(),
+                "loops": {}, "callbacks": {}, "optimizer_states": [], "lr_schedulers": [], "hparams_name": "kwargs",
+                "hyper_parameters": hparams}, path)
+    loaded = load_autoencoder(str(path))
+    assert dict(loaded.hparams) == hparams
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), source(x))
+
+
+def test_load_autoencoder_messages_use_the_label(tmp_path):
+    with pytest.raises(UserError, match="ae_model") as info:
+        load_autoencoder(str(tmp_path / "nope.ckpt"), label="ae_model")
+    assert "--ae_checkpoint" not in str(info.value)
 
 
 def test_load_autoencoder_tolerates_classes_that_no_longer_exist(tmp_path, monkeypatch):
