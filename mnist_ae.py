@@ -2,23 +2,21 @@
 
     python mnist_ae.py --known_dataset mnist --max_epochs 50 --gpus "0,"
 
+The original's MNIST_AE: a small conv autoencoder trained with MSE on the known training
+classes; images of any square size that is a multiple of 4 work.
 The last line printed is the checkpoint to pass to test.py as --ae_checkpoint.
 """
 from __future__ import annotations
 
 import argparse
 
-from utils.autoencoder_training import add_autoencoder_args, announce_checkpoint, train_autoencoder
-from utils.cli import add_trainer_args, run_main
+from utils.autoencoder_training import announce_checkpoint, build_autoencoder_parser, train_autoencoder
+from utils.cli import run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Train the small conv autoencoder (the original's MNIST_AE) with MSE on the known "
-                    "training classes; images of any square size that is a multiple of 4 work.")
-    add_autoencoder_args(parser, known_dataset="mnist", data_transforms="mnist", latent_dim=32)
-    add_trainer_args(parser, max_epochs=50)
-    return parser
+    return build_autoencoder_parser(__doc__, known_dataset="mnist", data_transforms="mnist", latent_dim=32,
+                                    max_epochs=50)
 
 
 def main() -> None:

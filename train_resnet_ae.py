@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import argparse
 
-from utils.autoencoder_training import add_autoencoder_args, announce_checkpoint, train_autoencoder
-from utils.cli import add_trainer_args, run_main
+from utils.autoencoder_training import announce_checkpoint, build_autoencoder_parser, train_autoencoder
+from utils.cli import run_main
 from utils.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Train a ResNet encoder/decoder autoencoder (pl_bolts' AE, latent 256) with MSE on the "
-                    "known training classes.")
-    parser.add_argument("--enc_type", default=None,
-                        help="resnet18 or resnet50 (default resnet50 for cifar100_known, else resnet18)")
-    add_autoencoder_args(parser, known_dataset="cifar_known", data_transforms="cifar", latent_dim=256)
-    add_trainer_args(parser, max_epochs=100)
+    parser = build_autoencoder_parser(__doc__, known_dataset="cifar_known", data_transforms="cifar",
+                                      latent_dim=256, max_epochs=100)
+    parser.add_argument_group("autoencoder").add_argument(
+        "--enc_type", default=None, help="resnet18 or resnet50 (default: resnet50 for cifar100_known, else resnet18)")
     return parser
 
 

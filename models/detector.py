@@ -130,7 +130,11 @@ class FeatureEnsembleDetector(FeaturesDetector):
     @torch.no_grad()
     def fit(self, data_loader: Iterable[Batch], score_statistics: bool = True) -> "FeatureEnsembleDetector":
         """Step 1 on the known training set, in one pass; then, with ``score_statistics``,
-        a second pass for the training set's M and r_max, which ``predict`` needs."""
+        a second pass for the training set's M and r_max, which ``predict`` needs (so the
+        loader must be iterable twice: a DataLoader or a list, not a generator)."""
+        if score_statistics and iter(data_loader) is data_loader:
+            raise ValueError("fit() passes over the training set twice: give a DataLoader or a list of batches, "
+                             "not a one-shot iterator")
         stats: ClassStatistics | None = None
         for x, y in data_loader:
             _, _, f = self._embed(x)
@@ -201,6 +205,8 @@ class FeatureEnsembleDetector(FeaturesDetector):
             labels.append(y.cpu())
             if keep_features:
                 features.append(f.cpu())
+        if not log_likelihoods:
+            raise ValueError("no batches to evaluate")
         log_likelihoods = torch.cat(log_likelihoods)
         return Evaluation(
             scores=None, predictions=log_likelihoods.argmax(dim=1), labels=torch.cat(labels),

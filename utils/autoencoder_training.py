@@ -1,56 +1,53 @@
-"""What mnist_ae.py and train_resnet_ae.py share: their flags (``add_autoencoder_args``),
-the training run (``train_autoencoder``) and the last line they print
-(``announce_checkpoint``). The models themselves live in ``models/autoencoders/``."""
+"""What mnist_ae.py and train_resnet_ae.py share: their flags (``build_autoencoder_parser``,
+from the same definitions as main.py's and test.py's), the training run
+(``train_autoencoder``) and the last line they print (``announce_checkpoint``).
+The models themselves live in ``models/autoencoders/``."""
 from __future__ import annotations
 
 import argparse
 import os
 
-import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_only
-
-from models.autoencoders import ENC_OUT_DIM, AutoEncoder
 from utils.errors import UserError
+from utils.flags import add_common_args, add_known_data_args, add_trainer_args, new_parser
 
-__all__ = ["add_autoencoder_args", "announce_checkpoint", "train_autoencoder"]
-
-
-def add_autoencoder_args(parser: argparse.ArgumentParser, *, known_dataset: str, data_transforms: str,
-                         latent_dim: int) -> None:
-    """Flags shared by mnist_ae.py and train_resnet_ae.py (the trainer flags come separately)."""
-    parser.add_argument("--known_dataset", default=known_dataset,
-                        help=f"known (in-distribution) dataset to train on (default {known_dataset})")
-    parser.add_argument("--data_dir", default="./data", help="where the datasets live (default ./data)")
-    parser.add_argument("--class_num", type=int, default=None,
-                        help="train on classes < class_num like the classifier (default 10; 100 for cifar100_known)")
-    parser.add_argument("--data_transforms", default=data_transforms,
-                        help=f"mnist, cifar, cifar_test or blob: augmentation while training, and the "
-                             f"normalisation the AE expects, which must match test.py's (default {data_transforms})")
-    parser.add_argument("--latent_dim", type=int, default=latent_dim, help=f"latent size (default {latent_dim})")
-    parser.add_argument("--enc_out_dim", type=int, default=None,
-                        help="accepted for the original's command lines; must equal the encoder's output size")
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    parser.add_argument("--num_workers", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0, help="seed for pl.seed_everything (default 0)")
-    parser.add_argument("--output_dir", default=None,
-                        help="folder for checkpoints and the CSV log (default outputs/ae_<known_dataset>)")
+__all__ = ["build_autoencoder_parser", "announce_checkpoint", "train_autoencoder"]
 
 
-@rank_zero_only
+def build_autoencoder_parser(description: str, *, known_dataset: str, data_transforms: str, latent_dim: int,
+                             max_epochs: int) -> argparse.ArgumentParser:
+    """The common flags, the known-data flags, the autoencoder's sizes, --lr and the trainer."""
+    parser = new_parser(description)
+    add_common_args(parser)
+    add_known_data_args(parser.add_argument_group("data"), known_dataset=known_dataset,
+                        data_transforms=data_transforms, class_num=None, batch_size_help="training batch size",
+                        class_num_help="train on classes 0..class_num-1, like the classifier "
+                                       "(default: 10; 100 for cifar100_known)")
+    group = parser.add_argument_group("model")
+    group.add_argument("--latent_dim", type=int, default=latent_dim, help="latent size")
+    group.add_argument("--enc_out_dim", type=int, default=None,
+                       help="accepted for the original's command lines; must equal the encoder's output size")
+    parser.add_argument_group("training").add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    add_trainer_args(parser, max_epochs=max_epochs)
+    return parser
+
+
 def announce_checkpoint(path: str) -> None:
     """Print the checkpoint path as the script's last line (once, on the main process)."""
-    print(f"last checkpoint: {path}", flush=True)
+    from pytorch_lightning.utilities import rank_zero_only
+
+    rank_zero_only(print)(f"last checkpoint: {path}", flush=True)
 
 
 def train_autoencoder(args: argparse.Namespace, arch: str) -> str:
     """Train an AutoEncoder from parsed flags; returns the path of the last checkpoint."""
+    import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import CSVLogger
     from torch.utils.data import DataLoader
 
     from datasets import BatchTransform, get_known_dataset
+    from models.autoencoders import ENC_OUT_DIM, AutoEncoder
     from utils.cli import ensure_output_dir, trainer_kwargs
+    from utils.loggers import build_loggers
 
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, not {args.batch_size}")
@@ -64,8 +61,7 @@ def train_autoencoder(args: argparse.Namespace, arch: str) -> str:
         class_num = 100 if args.known_dataset == "cifar100_known" else 10
     kwargs = trainer_kwargs(args)
     output_dir = ensure_output_dir(args.output_dir or os.path.join("outputs", f"ae_{args.known_dataset}"))
-    if args.seed is not None:
-        pl.seed_everything(args.seed, workers=True)
+    pl.seed_everything(args.seed, workers=True)
 
     train_set = get_known_dataset(args.known_dataset, args.data_dir, class_num, train=True)
     val_set = get_known_dataset(args.known_dataset, args.data_dir, class_num, train=False)
@@ -88,9 +84,10 @@ def train_autoencoder(args: argparse.Namespace, arch: str) -> str:
     elif isinstance(args.limit_train_batches, float):
         steps_per_epoch = int(steps_per_epoch * args.limit_train_batches)
     checkpoint = ModelCheckpoint(dirpath=output_dir, save_last=True, enable_version_counter=False)
-    trainer = pl.Trainer(callbacks=[checkpoint], logger=CSVLogger(save_dir=output_dir),
-                         default_root_dir=output_dir, enable_progress_bar=True,
-                         log_every_n_steps=max(1, min(50, steps_per_epoch)), **kwargs)
+    loggers = build_loggers(output_dir, args.logger, args.offline, project=args.neptune_project,
+                            tags=[f"known:{args.known_dataset}", f"autoencoder:{arch}"], versioned_csv=True)
+    trainer = pl.Trainer(callbacks=[checkpoint], logger=loggers, default_root_dir=output_dir,
+                         enable_progress_bar=True, log_every_n_steps=max(1, min(50, steps_per_epoch)), **kwargs)
     trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=val_loader)
 
     last = checkpoint.last_model_path or os.path.join(output_dir, "last.ckpt")

@@ -57,17 +57,6 @@ def parse_gpus(text: str | None) -> list[int] | int | None:
         raise UserError(f'--gpus {text!r} is not a device list like "0," or "0,1" or a count like "2"')
 
 
-def add_trainer_args(parser: argparse.ArgumentParser, max_epochs: int | None = None) -> None:
-    """Temporary: the autoencoder scripts' old entry point to utils.flags."""
-    from utils import flags
-
-    flags.add_trainer_args(parser, max_epochs)
-    group = parser.add_argument_group("devices")
-    group.add_argument("--gpus", type=str, default=None)
-    group.add_argument("--accelerator", type=str, default="auto")
-    group.add_argument("--devices", type=str, default=None)
-
-
 def _parse_devices(text: str | None):
     if text is None:
         return None
@@ -103,7 +92,7 @@ def resolve_devices(args: argparse.Namespace) -> tuple[str, object]:
 
 
 def trainer_kwargs(args: argparse.Namespace) -> dict:
-    """Keyword arguments for pl.Trainer from the flags of add_trainer_args."""
+    """Keyword arguments for pl.Trainer from the flags of utils.flags (common and trainer groups)."""
     accelerator, devices = resolve_devices(args)
     kwargs = dict(
         accelerator=accelerator,

@@ -65,7 +65,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_known_data_args(group_or_parser, *, known_dataset: str = "mnist", data_transforms: str = "mnist",
-                        class_num: int | None = 10, batch_size_help: str = "evaluation batch size") -> None:
+                        class_num: int | None = 10, class_num_help: str = "known classes: classes 0..class_num-1",
+                        batch_size_help: str = "evaluation batch size") -> None:
     """The known (in-distribution) dataset: shared by all four scripts."""
     add = group_or_parser.add_argument
     add("--known_dataset", default=known_dataset, type=str,
@@ -73,7 +74,7 @@ def add_known_data_args(group_or_parser, *, known_dataset: str = "mnist", data_t
     add("--data_dir", default=".", type=str, help="folder holding every dataset")
     add("--data_transforms", default=data_transforms, type=str,
         help="mnist, cifar, cifar_test or blob: augmentation while training and the normalisation")
-    add("--class_num", type=int, default=class_num, help="known classes: classes 0..class_num-1")
+    add("--class_num", type=int, default=class_num, help=class_num_help)
     add("--batch_size", type=int, default=256, help=batch_size_help)
 
 

@@ -111,7 +111,8 @@ def _neptune_logger(output_dir: str, offline: bool, tags: list[str], project: st
 
 
 def build_loggers(output_dir: str, names: list[str] | None = None, offline: bool = False,
-                  tags: list[str] | None = None, project: str | None = None) -> list[Logger]:
+                  tags: list[str] | None = None, project: str | None = None,
+                  versioned_csv: bool = False) -> list[Logger]:
     """Lightning's loggers for ``--logger NAMES``; ``names=None`` means the flag was not given.
 
     Lightning's CSV logger always comes first (``output_dir/metrics.csv`` and
@@ -119,6 +120,8 @@ def build_loggers(output_dir: str, names: list[str] | None = None, offline: bool
     ``output_dir/tensorboard``, ``mlflow`` into the local store ``output_dir/mlruns``,
     ``wandb`` under ``output_dir/wandb`` (offline with ``--offline``). Without the flag:
     CSV and TensorBoard, plus Neptune when its client is installed and configured.
+    ``versioned_csv`` keeps Lightning's ``lightning_logs/version_N/metrics.csv`` layout
+    (the autoencoder scripts' outputs) instead of ``output_dir/metrics.csv``.
     """
     from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
@@ -130,7 +133,8 @@ def build_loggers(output_dir: str, names: list[str] | None = None, offline: bool
         if name != "neptune":
             _require(name)
     tags = tags or []
-    loggers: list[Logger] = [CSVLogger(save_dir=output_dir, name="", version="")]
+    csv = CSVLogger(save_dir=output_dir) if versioned_csv else CSVLogger(save_dir=output_dir, name="", version="")
+    loggers: list[Logger] = [csv]
     if "tensorboard" in wanted:
         loggers.append(TensorBoardLogger(save_dir=output_dir, name="tensorboard", version="",
                                          default_hp_metric=False))
