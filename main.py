@@ -1,6 +1,6 @@
 """Train VMDLS: a backbone plus a variational latent head with triplet, distancing and KL losses.
 
-    python main.py --enc_type mnist-conv --latent_dim 32 --enc_out_dim 500 ... (README-original)
+    python main.py --enc_type mnist-conv --latent_dim 32 --enc_out_dim 500 ... (benchmarks/readme_original_commands.txt)
 
 Everything the run writes goes under --output_dir: checkpoints/last.ckpt, metrics.csv,
 hparams.yaml and args.json. The last line printed names the last checkpoint.

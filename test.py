@@ -90,7 +90,7 @@ def progress(loader, description: str):
 
 
 def default_ae_checkpoint(known_dataset: str) -> str:
-    """Where README-original told users to put the autoencoders: models/ae_<name>.ckpt."""
+    """Where the original README told users to put the autoencoders: models/ae_<name>.ckpt."""
     return os.path.join("models", f"ae_{ORIGINAL_AE_NAMES.get(known_dataset, known_dataset)}.ckpt")
 
 

@@ -1,4 +1,4 @@
-"""GPU check: README-original's commands run unchanged, then the epoch-time benchmark.
+"""GPU check: the original README's commands run unchanged, then the epoch-time benchmark.
 
 Runs on a GPU machine, from the repository root, after benchmarks/fake_data.py has
 written stand-in datasets under ./data:
@@ -7,7 +7,7 @@ written stand-in datasets under ./data:
    short-run suffix (--max_epochs 1 --limit_train_batches N ...; argparse keeps the
    last value), saving each last checkpoint under the name the test commands expect;
 2. the autoencoders (mnist_ae.py, train_resnet_ae.py) into models/ae_*.ckpt, where
-   README-original told users to put them;
+   the original README told users to put them;
 3. every test command, verbatim (plus --output_dir);
 Writes one JSON summary with each command's exit status, time and last line.
 """

@@ -1,4 +1,4 @@
-"""Write small random stand-ins for every dataset README-original's commands read.
+"""Write small random stand-ins for every dataset the original README's commands read.
 
 For the GPU check that runs those commands unchanged (benchmarks/device_check.sh) on a
 machine with no internet: CIFAR-10/100 pickles, the ODIN folders, the Omniglot tree and

@@ -1,6 +1,6 @@
 """Per-class Gaussians in a feature space: running statistics, shared jitter, log-densities.
 
-The same machinery serves two places of METHOD.md:
+The same machinery serves two places of docs/method.md:
 
 * section 2 ("Class statistics"): during training, per-class count / sum / sum of outer
   products of z, the class Gaussians fitted from them, and the per-class "bound" (a
@@ -33,7 +33,7 @@ ONE_HOT_WORK_LIMIT = 1 << 30
 
 
 # --------------------------------------------------------------------------------------
-# Running per-class statistics (METHOD.md section 2 "Class statistics", section 3 step 1)
+# Running per-class statistics (docs/method.md section 2 "Class statistics", section 3 step 1)
 # --------------------------------------------------------------------------------------
 
 
@@ -42,7 +42,7 @@ class ClassStatistics(torch.nn.Module):
 
     Held as registered buffers so they follow ``.to(device)`` and land in checkpoints.
     Accumulating sums (rather than assigning per batch) fixes the original's bug of
-    METHOD.md section 6, where the feature-ensemble statistics were overwritten by each
+    docs/method.md section 7, where the feature-ensemble statistics were overwritten by each
     batch.
     """
 
@@ -166,7 +166,7 @@ class ClassStatistics(torch.nn.Module):
 
 
 # --------------------------------------------------------------------------------------
-# Shared jitter (METHOD.md section 3 step 1)
+# Shared jitter (docs/method.md section 3 step 1)
 # --------------------------------------------------------------------------------------
 
 
@@ -219,7 +219,7 @@ def smallest_working_step(covs: torch.Tensor, step: float = 1e-6,
 
 def jitter_ladder(covs: torch.Tensor, step: float = 1e-6, extra_steps: int = 2,
                   max_steps: int = DEFAULT_MAX_STEPS) -> float:
-    """The shared jitter lambda of METHOD.md section 3 step 1.
+    """The shared jitter lambda of docs/method.md section 3 step 1.
 
     lambda = (k + extra_steps) * step, where k is the smallest integer >= 0 such that
     Cholesky succeeds for S_c + k*step*I for every class c; the extra steps keep a margin
@@ -230,7 +230,7 @@ def jitter_ladder(covs: torch.Tensor, step: float = 1e-6, extra_steps: int = 2,
 
 
 # --------------------------------------------------------------------------------------
-# The class Gaussians (METHOD.md section 3 steps 1-2; section 2 validation)
+# The class Gaussians (docs/method.md section 3 steps 1-2; section 2 validation)
 # --------------------------------------------------------------------------------------
 
 
@@ -278,7 +278,7 @@ class ClassGaussians:
     def fit(cls, means: torch.Tensor, covs: torch.Tensor, step: float = 1e-6,
             extra_steps: int = 2, present: Optional[torch.Tensor] = None,
             max_steps: int = DEFAULT_MAX_STEPS) -> "ClassGaussians":
-        """Fit from per-class means [K, D] and covariances [K, D, D] (METHOD.md 3.1).
+        """Fit from per-class means [K, D] and covariances [K, D, D] (docs/method.md section 3 step 1).
 
         The jitter is shared by all classes and searched only over the present ones;
         absent classes (``present`` False, or non-finite mean) get an identity factor as
@@ -312,7 +312,7 @@ class ClassGaussians:
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """l_c(x) = log N(x; m_c, S_c + lambda I) for every row and class, [N, K] float64.
 
-        METHOD.md section 3 step 2. x may be any float dtype on any device; the result
+        docs/method.md section 3 step 2. x may be any float dtype on any device; the result
         lives on this object's device. Rows are processed in chunks so the [K, n, D]
         intermediate stays within ~128 MiB.
         """
@@ -348,7 +348,7 @@ class ClassGaussians:
 
 
 # --------------------------------------------------------------------------------------
-# Class bounds (METHOD.md section 2 "Class statistics" and "Validation")
+# Class bounds (docs/method.md section 2 "Class statistics" and "Validation")
 # --------------------------------------------------------------------------------------
 
 

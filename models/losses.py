@@ -100,7 +100,7 @@ def class_kl_loss(
     class_means: torch.Tensor,
     prior_std: float = 0.1,
 ) -> torch.Tensor:
-    """The paper's class-conditional KL term, estimated with the sample z (METHOD.md section 2).
+    """The paper's class-conditional KL term, estimated with the sample z (docs/method.md section 2).
 
     For each class c present in the batch: the mean over its samples and latent dims of
     ``log q(z|x) - log N(z; m_c, prior_std^2 I)`` with q = N(mu, exp(log_var)); the result

@@ -17,7 +17,7 @@ COMMANDS_FILE = ROOT / "benchmarks" / "readme_original_commands.txt"
 
 
 def original_commands(kind):
-    """README-original's commands, verbatim, from the file the GPU check also runs."""
+    """the original README's commands, verbatim, from the file the GPU check also runs."""
     rows = [line.split(" ", 2) for line in COMMANDS_FILE.read_text().splitlines() if line and not line.startswith("#")]
     return [command for row_kind, _, command in rows if row_kind == kind]
 
@@ -82,3 +82,82 @@ def test_bad_input_is_one_sentence_and_exit_2(tmp_path, script, argv, phrase):
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert lines[-1].startswith("error: ") and phrase in lines[-1]
     assert "Traceback" not in result.stderr
+
+
+SCRIPTS = ("main.py", "test.py", "mnist_ae.py", "train_resnet_ae.py")
+COMMON_FLAGS = ("--offline", "--seed", "--accelerator", "--devices", "--num_workers", "--logger", "--output_dir",
+                "--data_dir", "--known_dataset", "--class_num", "--batch_size")
+
+
+def script_parser(script):
+    import importlib
+
+    return importlib.import_module(script[:-3]).build_parser()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_imports_nothing_heavy(script):
+    """--help answers without importing torch or Lightning (they are imported when a run starts)."""
+    probe = ("import runpy, sys\n"
+             f"sys.argv = [{script!r}, '--help']\n"
+             "try:\n"
+             f"    runpy.run_path({script!r}, run_name='__main__')\n"
+             "except SystemExit:\n"
+             "    pass\n"
+             "print(sorted(m for m in ('torch', 'pytorch_lightning', 'matplotlib', 'sklearn') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert "usage:" in result.stdout
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_listed_flag_has_a_description_and_its_default(script):
+    import argparse
+
+    parser = script_parser(script)
+    listed = [a for a in parser._actions if a.option_strings and a.help != argparse.SUPPRESS and a.dest != "help"]
+    assert listed
+    help_text = parser.format_help()
+    for action in listed:
+        assert action.help, action.dest
+        assert "default" in parser._get_formatter()._expand_help(action) or "(default:" in action.help
+    for flag in COMMON_FLAGS:
+        assert flag in help_text, (script, flag)
+
+
+def test_test_help_hides_the_training_flags_it_still_accepts():
+    parser = test_script.build_parser()
+    text = parser.format_help()
+    for flag in ("--kl_coeff", "--margin_jump", "--batch_classes", "--max_epochs", "--finetune", "--opt"):
+        assert flag not in text
+    args = parser.parse_args(["--kl_coeff", "0.5", "--max_epochs", "3", "--batch_classes", "2", "--margin_jumps", "2"])
+    assert (args.kl_coeff, args.max_epochs, args.batch_classes, args.margin_jump) == (0.5, 3, 2, 2.0)
+    assert "--kl_coeff" in train_script.build_parser().format_help()
+
+
+def test_common_flags_share_their_defaults_across_scripts():
+    parsed = [script_parser(script).parse_args([]) for script in SCRIPTS]
+    for name in ("data_dir", "num_workers", "seed", "accelerator", "devices", "offline", "logger", "batch_size"):
+        assert len({repr(getattr(args, name)) for args in parsed}) == 1, name
+
+
+def test_a_missing_optional_logger_package_is_one_sentence(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    result = run("main.py", "--known_dataset", "digits", "--unknown_dataset", "digits_unknown", "--class_num", "4",
+                 "--enc_type", "mnist-conv", "--enc_out_dim", "500", "--accelerator", "cpu", "--num_workers", "0",
+                 "--logger", "csv", "wandb", "--output_dir", str(tmp_path / "out"))
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "pip install wandb" in last and "Traceback" not in result.stderr
+
+
+def test_library_errors_get_the_flag_to_change_from_the_script(tmp_path):
+    result = run("main.py", "--known_dataset", "digits", "--unknown_dataset", "digits_unknown", "--class_num", "4",
+                 "--enc_type", "nope", "--accelerator", "cpu", "--num_workers", "0", "--output_dir", str(tmp_path))
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert "'nope'" in last and last.endswith("(change --enc_type)")

@@ -145,3 +145,139 @@ def test_reconstruction_weighting_and_train_statistics():
         features, reconstruction = trained.features(test_x)
     alone = torch.cat([-trained.predict_features(features[i:i + 1], reconstruction[i:i + 1]) for i in range(6)])
     torch.testing.assert_close(alone, together, rtol=1e-6, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- checkpoints and settings
+
+FIXTURES = ROOT / "tests" / "fixtures"
+FIXTURE_ARGS = ["--data_transforms", "blob", "--batch_size", "128", "--accelerator", "cpu", "--num_workers", "0",
+                "--offline", "--logger", "csv"]
+
+
+def assert_same_results(got: dict, expected: dict):
+    assert set(got) == set(expected)
+    for key, value in expected.items():
+        if key == "checkpoint":
+            continue
+        if isinstance(value, float):
+            assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+        else:
+            assert got[key] == value, key
+
+
+def test_a_checkpoint_written_before_the_data_module_recorded_its_settings_evaluates_as_before(tmp_path):
+    """tests/fixtures/vmdls_v0_digits.ckpt was written by main.py before this change (its
+    hyperparameters carry the whole command line; optimiser state dropped to keep it
+    small), and vmdls_v0_digits_results.json is what test.py gave for it then."""
+    checkpoint = torch.load(FIXTURES / "vmdls_v0_digits.ckpt", weights_only=False)
+    assert "datamodule_hyper_parameters" not in checkpoint and "num_workers" in checkpoint["hyper_parameters"]
+    results = test_script.main(["--checkpoint_path", str(FIXTURES / "vmdls_v0_digits.ckpt"), *FIXTURE_ARGS,
+                                "--output_dir", str(tmp_path)])
+    expected = json.loads((FIXTURES / "vmdls_v0_digits_results.json").read_text())
+    assert_same_results(results, expected)
+    assert_same_results(json.loads((tmp_path / "results.json").read_text()), expected)
+
+
+def test_checkpoints_hold_the_model_hyperparameters_and_the_data_settings_apart(trained, tmp_path):
+    from models.vmdls import VMDLS
+
+    checkpoint_path, _ = trained
+    checkpoint = torch.load(checkpoint_path, weights_only=False)
+    assert set(checkpoint["hyper_parameters"]) == set(VMDLS.hyperparameter_names())
+    data = checkpoint["datamodule_hyper_parameters"]
+    assert (data["known_dataset"], data["unknown_dataset"], data["class_num"]) == ("digits", "digits_unknown", 4)
+
+    # test.py takes the data settings from the data module's record: no data flag given.
+    fresh = test_script.main(["--checkpoint_path", checkpoint_path, *FIXTURE_ARGS, "--output_dir", str(tmp_path / "a")])
+    assert (fresh["known_dataset"], fresh["unknown_dataset"]) == ("digits", "digits_unknown")
+    assert fresh["n_known"] > 0 and fresh["n_unknown"] > 0
+
+    # The same weights in the earlier layout (command line in hyper_parameters, no data
+    # module record) give the same results.
+    old = dict(checkpoint)
+    data = old.pop("datamodule_hyper_parameters")
+    old["hyper_parameters"] = {**old["hyper_parameters"], **data, "gpus": None, "output_dir": "elsewhere",
+                               "log_tsne": False, "cov_scaling": 5.0}
+    torch.save(old, tmp_path / "old.ckpt")
+    before = test_script.main(["--checkpoint_path", str(tmp_path / "old.ckpt"), *FIXTURE_ARGS,
+                               "--output_dir", str(tmp_path / "b")])
+    assert_same_results(before, fresh)
+
+
+def test_tensorboard_is_a_default_logger_and_csv_is_always_written(trained):
+    checkpoint_path, _ = trained
+    run_dir = Path(checkpoint_path).parents[1]
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "metrics.csv").is_file()
+
+
+def test_vmdls_takes_exactly_its_own_hyperparameters():
+    from models.vmdls import VMDLS
+
+    with pytest.raises(TypeError):
+        VMDLS(enc_type="mnist-conv", enc_out_dim=500, latnt_dim=8)
+    args = train_script.build_parser().parse_args(["--enc_type", "mnist-conv", "--enc_out_dim", "500",
+                                                   "--latent_dim", "8", "--num_workers", "3", "--gpus", "0,"])
+    model = VMDLS.from_args(args, in_channels=1)
+    assert set(model.hparams) == set(VMDLS.hyperparameter_names())
+    assert model.hparams.latent_dim == 8 and "num_workers" not in model.hparams and "gpus" not in model.hparams
+
+
+# --------------------------------------------------------------------------- the detector interface
+
+def test_detector_is_a_pytorch_ood_detector_scoring_one_batch_alone():
+    from pytorch_ood.api import Detector, RequiresFittingException
+
+    torch.manual_seed(2)
+    model = VMDLS(input_height=28, enc_type="mnist-conv", enc_out_dim=500, latent_dim=4, class_num=2,
+                  in_channels=1).eval()
+    rng = np.random.default_rng(2)
+    train_x = torch.tensor(rng.random((30, 1, 28, 28)), dtype=torch.float32)
+    train_y = torch.tensor(rng.integers(0, 2, 30))
+    detector = FeatureEnsembleDetector(model)
+    assert isinstance(detector, Detector)
+    with pytest.raises(RequiresFittingException):
+        detector.predict(train_x[:2])
+    with pytest.raises(ValueError, match="twice"):
+        detector.fit(batches(train_x, train_y))
+    detector.fit(list(batches(train_x, train_y)))
+
+    # The training set's own statistics: its most likely image sits at gap 1, r = 1.
+    with torch.no_grad():
+        features, _ = detector.features(train_x)
+    l_train = detector.gaussians.log_prob(features).max(dim=1).values
+    assert detector.max_log_likelihood == pytest.approx(float(l_train.max()))
+    scores = detector(train_x)  # pytorch-ood: __call__ is predict, higher = more unknown
+    expected = ((detector.max_log_likelihood + 1) - l_train).clamp(min=1)
+    np.testing.assert_allclose(scores.numpy(), expected.numpy(), rtol=1e-9)
+    np.testing.assert_allclose(detector.predict_features(features).numpy(), scores.numpy(), rtol=0, atol=0)
+
+
+def test_train_statistics_never_reward_a_worse_reconstruction():
+    """--score_stats train: an image more likely than every training image (max_c l_c
+    beyond the training maximum) must still lose score as its reconstruction worsens."""
+    rng = np.random.default_rng(3)
+    dim = 20  # in 20 dimensions no training image comes near its class mean's density
+    means = np.stack([np.zeros(dim), np.full(dim, 6.0)])
+    y = np.repeat([0, 1], 50)
+    x = means[y] + rng.normal(size=(100, dim))
+    reconstruction = rng.uniform(0.5, 2.0, size=100)
+    detector = FeatureEnsembleDetector(None, num_classes=2).fit_features(
+        torch.tensor(x), torch.tensor(y), torch.tensor(reconstruction))
+    assert detector.max_reconstruction == pytest.approx(reconstruction.max())
+
+    centre = torch.tensor(x[y == 0].mean(0, keepdims=True))  # the densest point of class 0
+    best = float(detector.gaussians.log_prob(centre).max())
+    top = detector.max_log_likelihood
+    assert best > top + 1  # beyond the training maximum + 1: (l - M) would be positive
+    r = torch.tensor([0.1, 1.0, 3.0, 10.0], dtype=torch.float64)
+    outlier = detector.predict_features(centre.repeat(4, 1), r)
+    assert torch.all(outlier[1:] > outlier[:-1])  # worse reconstruction, more unknown
+    np.testing.assert_allclose(outlier.numpy(), (r / reconstruction.max()).numpy(), rtol=1e-12)
+
+    # Below the maximum nothing changes: -s = (M - l) r / r_max.
+    far = torch.full((1, dim), 1.0, dtype=torch.float64)
+    l_far = float(detector.gaussians.log_prob(far).max())
+    assert l_far < top
+    expected = (top + 1 - l_far) * 2.0 / reconstruction.max()
+    assert float(detector.predict_features(far, torch.tensor([2.0], dtype=torch.float64))) == pytest.approx(expected)

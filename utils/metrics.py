@@ -1,4 +1,4 @@
-"""Exact OOD-detection metrics from sorted scores (METHOD.md section 3 step 5).
+"""Exact OOD-detection metrics from sorted scores (docs/method.md section 3 step 5).
 
 Conventions everywhere: "positive" = known (in-distribution); a higher score means more
 in-distribution; a sample is *accepted* at threshold t when score >= t. Labels 0..K-1
@@ -6,7 +6,7 @@ are the known classes and K is "unknown".
 
 Every curve is evaluated at every distinct score, in one pass over the score-sorted
 order with cumulative sums: no threshold grid and no Python loop over thresholds (the
-original approximated them with 1,000 / 100,000-point grids, METHOD.md section 6).
+original approximated them with 1,000 / 100,000-point grids, docs/method.md section 7).
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ def _prepare_f1_inputs(scores, pred, labels, num_classes):
 def macro_f1_curve(scores, pred, labels, num_classes: int) -> Tuple[np.ndarray, np.ndarray]:
     """(thresholds, macro-F1) at every distinct score, thresholds descending.
 
-    METHOD.md section 3 step 5: prediction = pred if score >= t else K ("unknown");
+    docs/method.md section 3 step 5: prediction = pred if score >= t else K ("unknown");
     macro-F1 over the labels present in the true labels or the predictions. Only the
     distinct scores are thresholds; the "+inf" threshold (everything unknown) is left out.
     """
@@ -309,7 +309,7 @@ def threshold_table(scores, is_known, pred, labels, num_classes: int) -> pd.Data
 
 
 def ood_metrics(scores, pred, labels, num_classes: int) -> Dict[str, float]:
-    """All METHOD.md section 3 step 5 metrics; labels 0..K-1 known, K unknown.
+    """All docs/method.md section 3 step 5 metrics; labels 0..K-1 known, K unknown.
 
     Keys: auroc, aupr_in, aupr_out, fpr_at_95_tpr, tnr_at_95_tpr, detection_accuracy,
     closed_set_accuracy, f1_macro_at_95_tpr (the paper's F1: macro-F1 over K+1 labels at
