@@ -281,3 +281,22 @@ def test_train_statistics_never_reward_a_worse_reconstruction():
     assert l_far < top
     expected = (top + 1 - l_far) * 2.0 / reconstruction.max()
     assert float(detector.predict_features(far, torch.tensor([2.0], dtype=torch.float64))) == pytest.approx(expected)
+
+
+def test_the_readme_python_example_runs(trained, monkeypatch):
+    """README's "The detector from Python" block, run as written on a trained checkpoint."""
+    checkpoint_path, _ = trained
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## The detector from Python"):]
+    code = section[section.index("```python") + len("```python"):]
+    code = code[:code.index("```")]
+    assert 'read_checkpoint("outputs/demo/train/checkpoints/last.ckpt")' in code
+    code = code.replace("outputs/demo/train/checkpoints/last.ckpt", checkpoint_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    scores, x = namespace["outlier_scores"], namespace["x"]
+    assert scores.shape == (len(x),) and torch.isfinite(scores).all()
+    # The same images scored by test.py's path with training statistics.
+    detector = namespace["detector"]
+    expected = detector.score(detector.evaluate([(x, namespace["y"])])).scores
+    torch.testing.assert_close(-scores, expected, rtol=0, atol=0)
