@@ -29,11 +29,14 @@ class VMDLS(pl.LightningModule):
     """Backbone ``encoder`` + heads ``fc_mu`` / ``fc_var`` (the original's names).
 
     Training (docs/method.md section 2): loss = triplet + distancing loss on z, plus from epoch
-    ``generation_epoch`` on the class KL against the previous epoch's class means. Each
-    epoch accumulates per-class count, sum and outer-product sum of z in float64
-    (all-reduced under DDP) and, at its end, sets the class means, covariances and the
-    ``lower_bound`` quantile "bounds" used by the validation diagnostics. All of it lives
-    in buffers, so checkpoints carry it; M_d is saved beside the weights.
+    ``generation_epoch`` on the class KL against the previous epoch's class means of z.
+    Each epoch accumulates, per class and in float64 (all-reduced under DDP), the count,
+    sum and outer-product sum of z (the KL prior, ``class_means`` / ``class_covs``) and of
+    the evaluation embedding mu (``latent_means`` / ``latent_covs``). The validation
+    diagnostics classify with the Gaussians of mu and the ``lower_bound`` quantile
+    "bounds" of the training images' mu; each epoch also logs the latent's health
+    (:meth:`latent_health`). All of it lives in buffers, so checkpoints carry it; M_d is
+    saved beside the weights.
     """
 
     def __init__(
@@ -71,13 +74,19 @@ class VMDLS(pl.LightningModule):
         self.fc_mu, self.fc_var = make_heads(enc_out_dim, latent_dim)
         self.metric_loss = TripletDistancingLoss(margin=TRIPLET_MARGIN, neg_margin=INITIAL_MARGIN)
         self.epoch_stats = ClassStatistics(class_num, latent_dim)
+        self.latent_stats = ClassStatistics(class_num, latent_dim)
         self.register_buffer("class_means", torch.zeros(class_num, latent_dim, dtype=torch.float64))
         self.register_buffer("class_covs", torch.zeros(class_num, latent_dim, latent_dim, dtype=torch.float64))
+        self.register_buffer("latent_means", torch.zeros(class_num, latent_dim, dtype=torch.float64))
+        self.register_buffer("latent_covs", torch.zeros(class_num, latent_dim, latent_dim, dtype=torch.float64))
+        # Sum and count of the sampling std exp(log_var / 2) over the epoch's samples and dims.
+        self.register_buffer("sampling_std_sums", torch.zeros(2, dtype=torch.float64), persistent=False)
         self.register_buffer("class_bounds", torch.full((class_num,), -math.inf, dtype=torch.float64))
         self.register_buffer("finished_epochs", torch.zeros((), dtype=torch.long))
         self._gaussians: ClassGaussians | None = None
         self._epoch_log_likelihoods: list[torch.Tensor] = []
         self._epoch_labels: list[torch.Tensor] = []
+        self._latent_health: dict[str, float] = {}
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._resumed_epoch = 0
         self._statistics_ready = False  # mirrors finished_epochs > 0 without a device sync
@@ -118,10 +127,11 @@ class VMDLS(pl.LightningModule):
         self._gaussians = None
         return result
 
-    def class_gaussians(self) -> ClassGaussians:
-        """The latent class Gaussians of the last finished epoch (cached until the next one)."""
-        if self._gaussians is None or self._gaussians.means.device != self.class_means.device:
-            self._gaussians = ClassGaussians.fit(self.class_means, self.class_covs)
+    def latent_gaussians(self) -> ClassGaussians:
+        """The class Gaussians of mu over the last finished epoch's training images (cached
+        until the next epoch): the classifier of the validation diagnostics."""
+        if self._gaussians is None or self._gaussians.means.device != self.latent_means.device:
+            self._gaussians = ClassGaussians.fit(self.latent_means, self.latent_covs)
         return self._gaussians
 
     # ----------------------------------------------------------------------- training
@@ -135,7 +145,7 @@ class VMDLS(pl.LightningModule):
             kl = self.hparams.kl_coeff * class_kl_loss(z, mu, log_var, y, self.class_means, PRIOR_STD)
         else:
             kl = torch.zeros((), device=z.device)
-        self._accumulate(z.detach(), y)
+        self._accumulate(z.detach(), y, mu.detach(), torch.exp(0.5 * log_var.detach()))
         loss = metric + kl
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         self.log_dict({"train_triplet_loss": metric, "train_kl": kl}, on_step=True, on_epoch=True,
@@ -143,10 +153,16 @@ class VMDLS(pl.LightningModule):
         self.log("margin_distance", self.margin_distance, on_step=False, on_epoch=True, batch_size=len(y))
         return loss
 
-    def _accumulate(self, z: torch.Tensor, y: torch.Tensor) -> None:
+    def _accumulate(self, z: torch.Tensor, y: torch.Tensor, mu: torch.Tensor, sampling_std: torch.Tensor) -> None:
+        """Add a batch to the epoch's statistics: of z (the KL prior), of mu (the validation
+        Gaussians), the sampling std, and mu's log-likelihood under its own class's
+        Gaussian of the previous epoch (for the bounds)."""
         self.epoch_stats.update(z, y)
+        self.latent_stats.update(mu, y)
+        self.sampling_std_sums += torch.stack([sampling_std.double().sum(),
+                                               torch.tensor(float(sampling_std.numel()), device=mu.device)])
         if self.has_class_statistics:
-            log_likelihood = self.class_gaussians().log_prob(z)
+            log_likelihood = self.latent_gaussians().log_prob(mu)
             self._epoch_log_likelihoods.append(log_likelihood.gather(1, y.view(-1, 1)).squeeze(1))
             self._epoch_labels.append(y)
 
@@ -158,15 +174,23 @@ class VMDLS(pl.LightningModule):
 
     def on_train_epoch_end(self):
         self.finish_epoch_statistics()  # an epoch cut short (max_steps) still counts
+        if self._latent_health:
+            self.log_dict(self._latent_health, on_step=False, on_epoch=True, sync_dist=False)
 
     def finish_epoch_statistics(self) -> None:
         """Turn the epoch's sums into class means, covariances and bounds; reset the sums."""
         self.epoch_stats.all_reduce()
+        self.latent_stats.all_reduce()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.sampling_std_sums)
         present = self.epoch_stats.present()
         if not bool(present.any()):
             return
         self.class_means[present] = self.epoch_stats.means()[present]
         self.class_covs[present] = self.epoch_stats.covariances()[present]
+        self.latent_means[present] = self.latent_stats.means()[present]
+        self.latent_covs[present] = self.latent_stats.covariances()[present]
+        self._latent_health = self.latent_health(present)
         if self._epoch_log_likelihoods:
             log_likelihoods = self._gather(torch.cat(self._epoch_log_likelihoods))
             labels = self._gather(torch.cat(self._epoch_labels))
@@ -177,8 +201,29 @@ class VMDLS(pl.LightningModule):
         self._statistics_ready = True
         self._gaussians = None
         self.epoch_stats.reset()
+        self.latent_stats.reset()
+        self.sampling_std_sums.zero_()
         self._epoch_log_likelihoods.clear()
         self._epoch_labels.clear()
+
+    def latent_health(self, present: torch.Tensor) -> dict[str, float]:
+        """The epoch's latent, in three numbers (classes without samples left out):
+
+        - ``latent_sampling_std``: the mean of exp(log_var / 2) over samples and dimensions;
+        - ``latent_class_separation``: the mean distance between two classes' means of mu;
+        - ``latent_within_class_spread``: the mean per-dimension std of mu within a class.
+        The latent serves the classes when the separation clearly exceeds both others.
+        """
+        means = self.latent_means[present]
+        pairs = torch.triu_indices(len(means), len(means), offset=1, device=means.device)
+        distances = (means[pairs[0]] - means[pairs[1]]).norm(dim=1)
+        variances = torch.diagonal(self.latent_covs[present], dim1=1, dim2=2).clamp(min=0)
+        total, count = self.sampling_std_sums.tolist()
+        return {
+            "latent_sampling_std": total / count if count else float("nan"),
+            "latent_class_separation": float(distances.mean()) if len(distances) else float("nan"),
+            "latent_within_class_spread": float(variances.sqrt().mean()),
+        }
 
     def _gather(self, values: torch.Tensor) -> torch.Tensor:
         if self._trainer is None or self._trainer.world_size == 1:
@@ -209,7 +254,7 @@ class VMDLS(pl.LightningModule):
     def predict_with_bounds(self, mu: torch.Tensor) -> torch.Tensor:
         """The mid-training classifier: the most likely class among those whose bound mu
         clears, "unknown" (label K) when it clears none; as the original classified."""
-        log_likelihood = self.class_gaussians().log_prob(mu)
+        log_likelihood = self.latent_gaussians().log_prob(mu)
         bounds = self.class_bounds.to(log_likelihood)
         masked = torch.where(log_likelihood >= bounds, log_likelihood, torch.full_like(log_likelihood, -math.inf))
         best, predictions = masked.max(dim=1)
@@ -240,6 +285,11 @@ class VMDLS(pl.LightningModule):
         checkpoint["margin_distance"] = self.margin_distance
 
     def on_load_checkpoint(self, checkpoint):
+        # Checkpoints written before the statistics of mu were kept: start those from zero.
+        state = checkpoint.get("state_dict", {})
+        for name, value in self.state_dict().items():
+            if name.startswith(("latent_", "latent_stats.")) and name not in state:
+                state[name] = torch.zeros_like(value)
         if "margin_distance" in checkpoint:
             self.metric_loss.neg_margin = float(checkpoint["margin_distance"])
         # Optimisers are built before the loops learn the resumed epoch: remember it, so the

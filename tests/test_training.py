@@ -71,29 +71,49 @@ def test_epoch_statistics_match_numpy_with_absent_classes():
     batches = [(rng.normal(size=(7, 4)), rng.choice([0, 2], size=7)),   # class 1 absent here
                (rng.normal(size=(5, 4)), rng.choice([1, 2], size=5)),   # class 0 absent here
                (rng.normal(size=(6, 4)), rng.integers(0, 3, size=6))]
-    for z, y in batches:
-        model._accumulate(torch.tensor(z, dtype=torch.float32), torch.tensor(y))
+    mus = [rng.normal(size=(len(y), 4)) + 3 * y[:, None] for _, y in batches]
+    stds = [rng.uniform(0.1, 1.0, size=(len(y), 4)) for _, y in batches]
+    for (z, y), mu, std in zip(batches, mus, stds):
+        model._accumulate(torch.tensor(z, dtype=torch.float32), torch.tensor(y), torch.tensor(mu, dtype=torch.float32),
+                          torch.tensor(std, dtype=torch.float32))
     model.finish_epoch_statistics()
     z = np.concatenate([b[0] for b in batches]).astype(np.float32).astype(np.float64)
+    mu = np.concatenate(mus).astype(np.float32).astype(np.float64)
     y = np.concatenate([b[1] for b in batches])
     for c in range(3):
         rows = z[y == c]
         np.testing.assert_allclose(model.class_means[c].numpy(), rows.mean(0), rtol=1e-6)
         np.testing.assert_allclose(model.class_covs[c].numpy(), np.cov(rows.T, bias=True), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(model.latent_means[c].numpy(), mu[y == c].mean(0), rtol=1e-6)
+        np.testing.assert_allclose(model.latent_covs[c].numpy(), np.cov(mu[y == c].T, bias=True), rtol=1e-5, atol=1e-7)
     assert int(model.finished_epochs) == 1
     assert float(model.epoch_stats.count.sum()) == 0  # the sums start over
+    assert float(model.latent_stats.count.sum()) == 0
+
+    # The latent's health, against a direct computation.
+    health = model._latent_health
+    std = np.concatenate(stds).astype(np.float32).astype(np.float64)
+    assert health["latent_sampling_std"] == pytest.approx(std.mean(), rel=1e-9)
+    means = [mu[y == c].mean(0) for c in range(3)]
+    pairs = [np.linalg.norm(means[a] - means[b]) for a in range(3) for b in range(a + 1, 3)]
+    assert health["latent_class_separation"] == pytest.approx(np.mean(pairs), rel=1e-6)
+    spread = np.mean([mu[y == c].std(0).mean() for c in range(3)])
+    assert health["latent_within_class_spread"] == pytest.approx(spread, rel=1e-6)
 
 
 def test_bounds_are_quantiles_of_own_class_log_likelihood():
     model = make_model(class_num=2, latent_dim=3, lower_bound=0.2)
     rng = np.random.default_rng(1)
-    first = torch.tensor(rng.normal(size=(40, 3)), dtype=torch.float32), torch.tensor(rng.integers(0, 2, 40))
-    model._accumulate(*first)
+    def batch(n):
+        """z, y, mu, sampling std: the bounds come from mu, so z is unrelated noise."""
+        return (torch.tensor(rng.normal(size=(n, 3)), dtype=torch.float32), torch.tensor(rng.integers(0, 2, n)),
+                torch.tensor(rng.normal(size=(n, 3)), dtype=torch.float32), torch.ones(n, 3))
+    model._accumulate(*batch(40))
     model.finish_epoch_statistics()
-    gaussians = model.class_gaussians()
-    second = torch.tensor(rng.normal(size=(30, 3)), dtype=torch.float32), torch.tensor(rng.integers(0, 2, 30))
+    gaussians = model.latent_gaussians()
+    second = batch(30)
     model._accumulate(*second)
-    expected_ll = gaussians.log_prob(second[0]).numpy()[np.arange(30), second[1].numpy()]
+    expected_ll = gaussians.log_prob(second[2]).numpy()[np.arange(30), second[1].numpy()]
     model.finish_epoch_statistics()
     for c in range(2):
         np.testing.assert_allclose(float(model.class_bounds[c]),
@@ -102,8 +122,8 @@ def test_bounds_are_quantiles_of_own_class_log_likelihood():
 
 def test_predict_with_bounds_marks_unknown():
     model = make_model(class_num=2, latent_dim=2)
-    model.class_means.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0]], dtype=torch.float64))
-    model.class_covs.copy_(torch.eye(2, dtype=torch.float64).expand(2, 2, 2))
+    model.latent_means.copy_(torch.tensor([[0.0, 0.0], [10.0, 10.0]], dtype=torch.float64))
+    model.latent_covs.copy_(torch.eye(2, dtype=torch.float64).expand(2, 2, 2))
     model.finished_epochs += 1
     model.class_bounds.fill_(-2 * math.log(2 * math.pi) / 2 - 2.0)  # accepts within ~2 units
     mu = torch.tensor([[0.1, 0.0], [9.9, 10.0], [5.0, 5.0]])
