@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--thresholding", action="store_true",
                        help="also print the thresholds table around the 95%%-TPR operating point")
     group.add_argument("--log_tsne", action="store_true", help="write a t-SNE of the feature ensemble")
+    group.add_argument("--compare_untrained", action="store_true",
+                       help="also evaluate the same architecture at its initialisation (the checkpoint run's "
+                            "seed) with the same detector, as a reference")
     return parser
 
 
@@ -94,11 +97,10 @@ def default_ae_checkpoint(known_dataset: str) -> str:
     return os.path.join("models", f"ae_{ORIGINAL_AE_NAMES.get(known_dataset, known_dataset)}.ckpt")
 
 
-def build_detector(args, model, datamodule, device):
+def load_reconstruction_autoencoder(args):
+    """--ae_features: the known dataset's autoencoder (None without the flag)."""
     from models.autoencoders import load_autoencoder
-    from models.detector import FeatureEnsembleDetector
 
-    autoencoder = None
     if args.ae_features:
         if not args.ae_checkpoint and os.path.isfile(default_ae_checkpoint(args.known_dataset)):
             args.ae_checkpoint = default_ae_checkpoint(args.known_dataset)
@@ -106,7 +108,13 @@ def build_detector(args, model, datamodule, device):
             raise UserError(f"--ae_features needs the known dataset's autoencoder: pass --ae_checkpoint FILE or put "
                             f"it at {default_ae_checkpoint(args.known_dataset)} (train one with mnist_ae.py for "
                             "28x28 grey sets or train_resnet_ae.py for CIFAR)")
-        autoencoder = load_autoencoder(args.ae_checkpoint)
+        return load_autoencoder(args.ae_checkpoint)
+    return None
+
+
+def build_detector(model, autoencoder, datamodule, device):
+    from models.detector import FeatureEnsembleDetector
+
     return FeatureEnsembleDetector(model, autoencoder, preprocess=datamodule.preprocess, device=device)
 
 
@@ -143,12 +151,19 @@ def write_outputs(args, output_dir: str, evaluation, metrics: dict, class_num: i
 
 
 def format_results(results: dict) -> str:
+    """The printed table; with --compare_untrained, a column for the untrained reference."""
     width = max(len(name) for name, _ in RESULT_ROWS)
+    untrained = results.get("untrained")
     lines = [f"{results['known_dataset']} (known, {results['n_known']}) vs "
              f"{results['unknown_dataset']} (unknown, {results['n_unknown']}), {results['enc_type']}"
-             f"{', reconstruction-weighted' if results['ae_features'] else ''}",
-             "-" * (width + 12)]
-    lines += [f"{name:<{width}}  {100 * results[key]:8.2f} %" for name, key in RESULT_ROWS]
+             f"{', reconstruction-weighted' if results['ae_features'] else ''}"]
+    if untrained is None:
+        lines.append("-" * (width + 12))
+        lines += [f"{name:<{width}}  {100 * results[key]:8.2f} %" for name, key in RESULT_ROWS]
+        return "\n".join(lines)
+    lines += [f"{'':<{width}}  {'trained':>10}  {'untrained':>10}", "-" * (width + 24)]
+    lines += [f"{name:<{width}}  {100 * results[key]:8.2f} %  {100 * untrained[key]:8.2f} %"
+              for name, key in RESULT_ROWS]
     return "\n".join(lines)
 
 
@@ -175,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     import pytorch_lightning as pl
 
     from datasets import KnownUnknownDataModule
-    from models.checkpoints import checkpoint_hparams, load_vmdls, read_checkpoint
+    from models.checkpoints import checkpoint_hparams, checkpoint_seed, load_vmdls, read_checkpoint, untrained_vmdls
     from utils import metrics as M
     from utils.cli import ensure_output_dir
     from utils.loggers import build_loggers, log_files, write_json
@@ -196,26 +211,39 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError(f"the checkpoint lacks {len(missing)} weights of the model (e.g. {missing[0]}); "
                         "pass the checkpoint of a trained VMDLS model")
 
-    detector = build_detector(args, model, datamodule, device)
+    autoencoder = load_reconstruction_autoencoder(args)
+    detector = build_detector(model, autoencoder, datamodule, device)
     evaluation = evaluate(args, detector, datamodule)
 
     class_num = args.class_num
-    metrics = M.ood_metrics(evaluation.scores.numpy(), evaluation.predictions.numpy(),
-                            evaluation.labels.numpy(), class_num)
+
+    def metrics_of(evaluation) -> dict:
+        metrics = M.ood_metrics(evaluation.scores.numpy(), evaluation.predictions.numpy(),
+                                evaluation.labels.numpy(), class_num)
+        return {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in metrics.items()}
+
+    metrics = metrics_of(evaluation)
     results = {
-        **{k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in metrics.items()},
+        **metrics,
         "known_dataset": args.known_dataset, "unknown_dataset": args.unknown_dataset,
         "enc_type": args.enc_type, "checkpoint": os.path.abspath(args.checkpoint_path),
         "ae_features": bool(args.ae_features), "ae_checkpoint": args.ae_checkpoint,
         "score_stats": args.score_stats, "jitter": detector.gaussians.jitter,
     }
+    if args.compare_untrained:
+        seed = checkpoint_seed(checkpoint, default=args.seed)
+        reference = build_detector(untrained_vmdls(checkpoint, overrides, seed), autoencoder, datamodule, device)
+        untrained = evaluate(args, reference, datamodule)
+        results["untrained"] = {**metrics_of(untrained), "jitter": reference.gaussians.jitter, "seed": seed}
     files = write_outputs(args, output_dir, evaluation, metrics, class_num)
     files["results"] = os.path.join(output_dir, "results.json")
     write_json(files["results"], results)
     loggers = build_loggers(output_dir, args.logger, args.offline, project=args.neptune_project,
                             tags=[f"known:{args.known_dataset}", f"unknown:{args.unknown_dataset}", "test"])
+    logged = {k: v for k, v in results.items() if isinstance(v, float)}
+    logged.update({f"untrained_{k}": v for k, v in results.get("untrained", {}).items() if isinstance(v, float)})
     for logger in loggers:
-        logger.log_metrics({k: v for k, v in results.items() if isinstance(v, float)})
+        logger.log_metrics(logged)
         logger.save()
     log_files(loggers, files)
     print(format_results(results))

@@ -58,13 +58,37 @@ def checkpoint_data_settings(checkpoint: dict) -> dict:
     return {name: hparams[name] for name in DATA_SETTINGS if name in hparams}
 
 
+def checkpoint_seed(checkpoint: dict, default: int = 0) -> int:
+    """The --seed of the run that wrote the checkpoint (``default`` when it was not kept)."""
+    for record in (checkpoint_data_settings(checkpoint), checkpoint_hparams(checkpoint)):
+        if isinstance(record.get("seed"), int):
+            return record["seed"]
+    return default
+
+
+def build_vmdls(checkpoint: dict, overrides: dict | None = None) -> VMDLS:
+    """The model a checkpoint's hyperparameters describe (``overrides`` win), freshly initialised."""
+    own = VMDLS.hyperparameter_names()
+    hparams = {k: v for k, v in {**checkpoint_hparams(checkpoint), **(overrides or {})}.items() if k in own}
+    return VMDLS(**hparams)
+
+
+def untrained_vmdls(checkpoint: dict, overrides: dict | None = None, seed: int | None = None) -> VMDLS:
+    """The checkpoint's architecture at its initialisation: the weights its run started
+    from. main.py seeds every generator with --seed and then builds the model, so seeding
+    the same way (``seed``: the run's, by default) rebuilds the same weights."""
+    import pytorch_lightning as pl
+
+    pl.seed_everything(checkpoint_seed(checkpoint) if seed is None else seed, verbose=False)
+    return build_vmdls(checkpoint, overrides).eval()
+
+
 def load_vmdls(checkpoint: dict, overrides: dict | None = None) -> tuple[VMDLS, list[str]]:
     """Build the model from a checkpoint's hyperparameters (``overrides`` win) and load its
     weights. Returns the model and the names of the weights the checkpoint lacked, other
     than the training statistics that only our checkpoints carry."""
-    own = VMDLS.hyperparameter_names()
-    hparams = {k: v for k, v in {**checkpoint_hparams(checkpoint), **(overrides or {})}.items() if k in own}
-    model = VMDLS(**hparams)
+    model = build_vmdls(checkpoint, overrides)
+    hparams = dict(model.hparams)
     state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(_FOREIGN_PREFIXES)}
     try:
         result = model.load_state_dict(state, strict=False)

@@ -300,3 +300,42 @@ def test_the_readme_python_example_runs(trained, monkeypatch):
     detector = namespace["detector"]
     expected = detector.score(detector.evaluate([(x, namespace["y"])])).scores
     torch.testing.assert_close(-scores, expected, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- the untrained reference
+
+def test_compare_untrained_reports_both_and_the_reference_is_the_runs_initialisation(trained, tmp_path, capsys):
+    from models.checkpoints import untrained_vmdls
+
+    checkpoint_path, _ = trained
+    results = test_script.main(["--checkpoint_path", checkpoint_path, *FIXTURE_ARGS, "--compare_untrained",
+                                "--output_dir", str(tmp_path / "eval")])
+    saved = json.loads((tmp_path / "eval" / "results.json").read_text())
+    metric_keys = RESULT_KEYS - {"known_dataset", "unknown_dataset", "enc_type", "checkpoint", "ae_features"}
+    assert metric_keys <= set(saved["untrained"])
+    assert saved["untrained"]["seed"] == 0 and saved["untrained"]["n_known"] == saved["n_known"]
+    assert saved["untrained"]["auroc"] != saved["auroc"]
+    table = capsys.readouterr().out
+    assert "untrained" in table and f"{100 * results['untrained']['auroc']:8.2f} %" in table
+
+    # No weight of the reference is a trained one ...
+    checkpoint = torch.load(checkpoint_path, weights_only=False)
+    reference = untrained_vmdls(checkpoint)
+    for name, value in reference.state_dict().items():
+        if name.startswith(("encoder.", "fc_")) and value.is_floating_point() and "running" not in name:
+            assert not torch.equal(value, checkpoint["state_dict"][name]), name
+
+
+def test_the_untrained_reference_has_the_weights_its_run_started_from(tmp_path):
+    from models.checkpoints import untrained_vmdls
+
+    start = train_script.main(DATA + ["--enc_type", "mnist-conv", "--enc_out_dim", "500", "--latent_dim", "8",
+                                      "--data_transforms", "mnist", "--batch_classes", "4", "--sample_count", "8",
+                                      "--max_steps", "0", "--seed", "7", "--logger", "csv",
+                                      "--output_dir", str(tmp_path / "start")])
+    checkpoint = torch.load(start, weights_only=False)
+    reference = untrained_vmdls(checkpoint)
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(value, checkpoint["state_dict"][name], rtol=0, atol=0)
+    other_seed = untrained_vmdls(checkpoint, seed=8)
+    assert not torch.equal(other_seed.fc_mu.weight, reference.fc_mu.weight)
