@@ -113,6 +113,7 @@ class FeatureEnsembleDetector(FeaturesDetector):
         out = self.model.embed(x)
         return x, out["taps"][0], torch.cat([*out["taps"], out["h"], out["mu"]], dim=1)
 
+    @torch.no_grad()
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f(x) and r(x) before normalisation, for a batch of loader images: one backbone
         pass, plus one over the autoencoder's reconstruction."""

@@ -29,7 +29,8 @@ class VMDLS(pl.LightningModule):
     """Backbone ``encoder`` + heads ``fc_mu`` / ``fc_var`` (the original's names).
 
     Training (docs/method.md section 2): loss = triplet + distancing loss on z, plus from epoch
-    ``generation_epoch`` on the class KL against the previous epoch's class means of z.
+    ``generation_epoch`` on the class KL against the previous epoch's class means of z
+    (of mu with ``kl_prior_means="mu"``).
     Each epoch accumulates, per class and in float64 (all-reduced under DDP), the count,
     sum and outer-product sum of z (the KL prior, ``class_means`` / ``class_covs``) and of
     the evaluation embedding mu (``latent_means`` / ``latent_covs``). The validation
@@ -59,9 +60,12 @@ class VMDLS(pl.LightningModule):
         finetune_lr: float = 1e-4,
         finetune_epochs: int = 20,
         in_channels: int | None = None,
+        kl_prior_means: str = "z",
     ):
         super().__init__()
         self.save_hyperparameters()
+        if kl_prior_means not in ("z", "mu"):
+            raise UserError(f"kl_prior_means {kl_prior_means!r} is not known; use z or mu", setting="kl_prior_means")
         if opt not in ("sgd", "adam"):
             raise UserError(f"optimiser {opt!r} is not known; use sgd or adam", setting="opt")
         self.encoder = build_backbone(
@@ -142,7 +146,8 @@ class VMDLS(pl.LightningModule):
         z = reparameterise(mu, log_var)
         metric = self.metric_loss(z, y)
         if self.current_epoch >= self.hparams.generation_epoch:
-            kl = self.hparams.kl_coeff * class_kl_loss(z, mu, log_var, y, self.class_means, PRIOR_STD)
+            prior_means = self.class_means if self.hparams.kl_prior_means == "z" else self.latent_means
+            kl = self.hparams.kl_coeff * class_kl_loss(z, mu, log_var, y, prior_means, PRIOR_STD)
         else:
             kl = torch.zeros((), device=z.device)
         self._accumulate(z.detach(), y, mu.detach(), torch.exp(0.5 * log_var.detach()))

@@ -79,13 +79,19 @@ def batches(images, labels, size=7):
         yield images[i:i + size], labels[i:i + size]
 
 
-def test_detector_matches_numpy_and_scipy():
-    torch.manual_seed(0)
+def tiny_model_and_training_set(seed: int, n_train: int):
+    """An untrained 2-class mnist-conv VMDLS, random training images and labels, and the rng."""
+    torch.manual_seed(seed)
     model = VMDLS(input_height=28, enc_type="mnist-conv", enc_out_dim=500, latent_dim=4, class_num=2,
                   in_channels=1).eval()
-    rng = np.random.default_rng(0)
-    train_x = torch.tensor(rng.random((40, 1, 28, 28)), dtype=torch.float32)
-    train_y = torch.tensor(rng.integers(0, 2, 40))
+    rng = np.random.default_rng(seed)
+    train_x = torch.tensor(rng.random((n_train, 1, 28, 28)), dtype=torch.float32)
+    train_y = torch.tensor(rng.integers(0, 2, n_train))
+    return model, train_x, train_y, rng
+
+
+def test_detector_matches_numpy_and_scipy():
+    model, train_x, train_y, rng = tiny_model_and_training_set(0, 40)
     test_x = torch.tensor(rng.random((12, 1, 28, 28)), dtype=torch.float32)
     test_y = torch.tensor([0, 1] * 4 + [2] * 4)
 
@@ -112,13 +118,8 @@ def test_detector_matches_numpy_and_scipy():
 
 
 def test_reconstruction_weighting_and_train_statistics():
-    torch.manual_seed(1)
-    model = VMDLS(input_height=28, enc_type="mnist-conv", enc_out_dim=500, latent_dim=4, class_num=2,
-                  in_channels=1).eval()
+    model, train_x, train_y, rng = tiny_model_and_training_set(1, 30)
     autoencoder = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 3, padding=1)).eval()  # any image-to-image map
-    rng = np.random.default_rng(1)
-    train_x = torch.tensor(rng.random((30, 1, 28, 28)), dtype=torch.float32)
-    train_y = torch.tensor(rng.integers(0, 2, 30))
     test_x = torch.tensor(rng.random((6, 1, 28, 28)), dtype=torch.float32)
     test_y = torch.tensor([0, 1, 0, 2, 2, 2])
 
@@ -228,12 +229,7 @@ def test_vmdls_takes_exactly_its_own_hyperparameters():
 def test_detector_is_a_pytorch_ood_detector_scoring_one_batch_alone():
     from pytorch_ood.api import Detector, RequiresFittingException
 
-    torch.manual_seed(2)
-    model = VMDLS(input_height=28, enc_type="mnist-conv", enc_out_dim=500, latent_dim=4, class_num=2,
-                  in_channels=1).eval()
-    rng = np.random.default_rng(2)
-    train_x = torch.tensor(rng.random((30, 1, 28, 28)), dtype=torch.float32)
-    train_y = torch.tensor(rng.integers(0, 2, 30))
+    model, train_x, train_y, _ = tiny_model_and_training_set(2, 30)
     detector = FeatureEnsembleDetector(model)
     assert isinstance(detector, Detector)
     with pytest.raises(RequiresFittingException):

@@ -110,6 +110,8 @@ def add_training_args(parser: argparse.ArgumentParser, hidden: bool = False) -> 
     add("--step_size", type=int, default=100, help="StepLR period in epochs")
     add("--step_gamma", type=float, default=0.1, help="StepLR factor")
     add("--generation_epoch", type=int, default=20, help="first epoch with the KL loss")
+    add("--kl_prior_means", choices=("z", "mu"), default="z",
+        help="the KL prior's class means: of the sampled z over the previous epoch (the original) or of mu")
     add("--lower_bound", type=float, default=0.05,
         help="quantile of the class bounds used by the validation diagnostics")
     add("--margin_max_distance", type=float, default=32, help="largest distancing margin M_d")

@@ -87,8 +87,7 @@ def _require(name: str) -> None:
                     f"pip install {packages[0]}, or leave {name} out of --logger")
 
 
-def _neptune_logger(output_dir: str, offline: bool, tags: list[str], project: str | None,
-                    explicit: bool) -> Logger | None:
+def _neptune_logger(offline: bool, tags: list[str], project: str | None, explicit: bool) -> Logger | None:
     """Neptune when asked for (--logger neptune), or for a run that names no logger (as the
     original commands, which logged to Neptune) when the client is installed and usable."""
     if _neptune_module() is None:
@@ -145,7 +144,7 @@ def build_loggers(output_dir: str, names: list[str] | None = None, offline: bool
     if "wandb" in wanted:
         loggers.append(WandbLogger(save_dir=output_dir, offline=offline, project="vmdls", tags=tags))
     if "neptune" in wanted or not explicit:
-        neptune = _neptune_logger(output_dir, offline, tags, project, explicit)
+        neptune = _neptune_logger(offline, tags, project, explicit)
         if neptune is not None:
             loggers.append(neptune)
     return loggers
