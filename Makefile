@@ -29,7 +29,7 @@ demo: install
 	  --num_workers 0 --output_dir $(DEMO_DIR)/ae
 	$(PY) test.py --checkpoint_path $(DEMO_DIR)/train/checkpoints/last.ckpt \
 	  --known_dataset digits --unknown_dataset digits_unknown --class_num 6 --data_transforms blob \
-	  --batch_size 512 --ae_features --ae_checkpoint $(DEMO_DIR)/ae/last.ckpt --log_tsne \
+	  --batch_size 512 --ae_features --ae_checkpoint $(DEMO_DIR)/ae/last.ckpt --log_tsne --compare_untrained \
 	  --accelerator cpu --num_workers 0 --offline --output_dir $(DEMO_DIR)/test
 
 test: install
