@@ -83,8 +83,8 @@ class VMDLS(pl.LightningModule):
         self.register_buffer("class_covs", torch.zeros(class_num, latent_dim, latent_dim, dtype=torch.float64))
         self.register_buffer("latent_means", torch.zeros(class_num, latent_dim, dtype=torch.float64))
         self.register_buffer("latent_covs", torch.zeros(class_num, latent_dim, latent_dim, dtype=torch.float64))
-        # Sum and count of the sampling std exp(log_var / 2) over the epoch's samples and dims.
-        self.register_buffer("sampling_std_sums", torch.zeros(2, dtype=torch.float64), persistent=False)
+        # The sum of the sampling std exp(log_var / 2) over the epoch's samples and dimensions.
+        self.register_buffer("sampling_std_sum", torch.zeros((), dtype=torch.float64), persistent=False)
         self.register_buffer("class_bounds", torch.full((class_num,), -math.inf, dtype=torch.float64))
         self.register_buffer("finished_epochs", torch.zeros((), dtype=torch.long))
         self._gaussians: ClassGaussians | None = None
@@ -164,8 +164,7 @@ class VMDLS(pl.LightningModule):
         Gaussian of the previous epoch (for the bounds)."""
         self.epoch_stats.update(z, y)
         self.latent_stats.update(mu, y)
-        self.sampling_std_sums += torch.stack([sampling_std.double().sum(),
-                                               torch.tensor(float(sampling_std.numel()), device=mu.device)])
+        self.sampling_std_sum += sampling_std.double().sum()
         if self.has_class_statistics:
             log_likelihood = self.latent_gaussians().log_prob(mu)
             self._epoch_log_likelihoods.append(log_likelihood.gather(1, y.view(-1, 1)).squeeze(1))
@@ -187,7 +186,7 @@ class VMDLS(pl.LightningModule):
         self.epoch_stats.all_reduce()
         self.latent_stats.all_reduce()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(self.sampling_std_sums)
+            torch.distributed.all_reduce(self.sampling_std_sum)
         present = self.epoch_stats.present()
         if not bool(present.any()):
             return
@@ -207,7 +206,7 @@ class VMDLS(pl.LightningModule):
         self._gaussians = None
         self.epoch_stats.reset()
         self.latent_stats.reset()
-        self.sampling_std_sums.zero_()
+        self.sampling_std_sum.zero_()
         self._epoch_log_likelihoods.clear()
         self._epoch_labels.clear()
 
@@ -223,9 +222,9 @@ class VMDLS(pl.LightningModule):
         pairs = torch.triu_indices(len(means), len(means), offset=1, device=means.device)
         distances = (means[pairs[0]] - means[pairs[1]]).norm(dim=1)
         variances = torch.diagonal(self.latent_covs[present], dim1=1, dim2=2).clamp(min=0)
-        total, count = self.sampling_std_sums.tolist()
+        values = float(self.latent_stats.count.sum()) * self.hparams.latent_dim  # samples x dimensions
         return {
-            "latent_sampling_std": total / count if count else float("nan"),
+            "latent_sampling_std": float(self.sampling_std_sum) / values if values else float("nan"),
             "latent_class_separation": float(distances.mean()) if len(distances) else float("nan"),
             "latent_within_class_spread": float(variances.sqrt().mean()),
         }
