@@ -167,7 +167,7 @@ def format_results(results: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate(args, detector, datamodule):
+def evaluate(args, detector, datamodule, keep_features: bool = False):
     """Fit the class Gaussians, then score the known test set and the unknown set: with M
     and r_max of the evaluated images (the paper's set-level step) or of the training set."""
     from models.detector import score_set
@@ -176,7 +176,7 @@ def evaluate(args, detector, datamodule):
     detector.fit(progress(datamodule.fit_dataloader(), "fitting class Gaussians"), score_statistics=False)
     if train_mode:
         detector.fit_score_statistics(progress(datamodule.fit_dataloader(), "training-set score statistics"))
-    evaluation = detector.evaluate(progress(datamodule.test_dataloader(), "scoring"), keep_features=args.log_tsne)
+    evaluation = detector.evaluate(progress(datamodule.test_dataloader(), "scoring"), keep_features=keep_features)
     return detector.score(evaluation) if train_mode else score_set(evaluation)
 
 
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     autoencoder = load_reconstruction_autoencoder(args)
     detector = build_detector(model, autoencoder, datamodule, device)
-    evaluation = evaluate(args, detector, datamodule)
+    evaluation = evaluate(args, detector, datamodule, keep_features=args.log_tsne)
 
     class_num = args.class_num
 
