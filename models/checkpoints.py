@@ -8,11 +8,9 @@ read from there, and keys the model does not take are ignored.
 """
 from __future__ import annotations
 
-from argparse import Namespace
-
 from models.vmdls import VMDLS
 from utils.errors import UserError
-from utils.torch_files import read_torch_file
+from utils.torch_files import as_plain_dict, read_torch_file
 
 # Keys of the original's checkpoints that this implementation does not hold: the CIFAR-10
 # autoencoder it always embedded (the autoencoder is a separate checkpoint here).
@@ -34,24 +32,15 @@ def read_checkpoint(path: str | None) -> dict:
 DATA_SETTINGS = ("known_dataset", "unknown_dataset", "data_transforms", "data_dir")
 
 
-def _as_dict(value) -> dict:
-    if isinstance(value, Namespace):
-        value = vars(value)
-    try:
-        return dict(value or {})
-    except (TypeError, ValueError):
-        return {}
-
-
 def checkpoint_hparams(checkpoint: dict) -> dict:
     """The hyperparameters saved with the model (for old checkpoints, the whole command line)."""
-    return _as_dict(checkpoint.get("hyper_parameters"))
+    return as_plain_dict(checkpoint.get("hyper_parameters"))
 
 
 def checkpoint_data_settings(checkpoint: dict) -> dict:
     """The data module's settings: Lightning's ``datamodule_hyper_parameters``, or, for a
     checkpoint without them, the data flags its ``hyper_parameters`` carried."""
-    recorded = _as_dict(checkpoint.get("datamodule_hyper_parameters"))
+    recorded = as_plain_dict(checkpoint.get("datamodule_hyper_parameters"))
     if recorded:
         return recorded
     hparams = checkpoint_hparams(checkpoint)

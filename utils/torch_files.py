@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import types
+from argparse import Namespace
 
 import torch
 
@@ -60,3 +61,14 @@ def read_torch_file(path: str | None, label: str, remedy: str, map_location="cpu
     except Exception as error:
         raise UserError(f"{label} {path!r} could not be read ({type(error).__name__}); {remedy}",
                         setting=setting) from None
+
+
+def as_plain_dict(value) -> dict:
+    """A checkpoint's saved hyperparameters as a plain dict: Lightning 2 saves a dict, the
+    original's Lightning 1.1 checkpoints an argparse Namespace; anything else is empty."""
+    if isinstance(value, Namespace):
+        value = vars(value)
+    try:
+        return dict(value or {})
+    except (TypeError, ValueError):
+        return {}

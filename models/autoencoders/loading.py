@@ -12,13 +12,12 @@ Two formats load:
 """
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
 
 from utils.errors import UserError
-from utils.torch_files import read_torch_file
+from utils.torch_files import as_plain_dict, read_torch_file
 
 from .module import AutoEncoder
 
@@ -26,16 +25,6 @@ __all__ = ["load_autoencoder"]
 
 _TRAIN_HINT = ("train one with mnist_ae.py (28x28 grey sets) or train_resnet_ae.py (CIFAR) "
                "and pass the path of its last.ckpt")
-
-
-def _hparams_of(checkpoint: dict) -> dict:
-    hparams = checkpoint.get("hyper_parameters") or checkpoint.get("hparams") or {}
-    if isinstance(hparams, argparse.Namespace):
-        hparams = vars(hparams)
-    try:
-        return dict(hparams)
-    except (TypeError, ValueError):
-        return {}
 
 
 def _from_vmdls_checkpoint(state: dict, hparams: dict) -> AutoEncoder | None:
@@ -75,7 +64,8 @@ def load_autoencoder(path: str, map_location="cpu", label: str = "--ae_checkpoin
     not_ae = f"{label} {path!r} is not an autoencoder checkpoint; {_TRAIN_HINT}"
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(not_ae)
-    state, hparams = checkpoint["state_dict"], _hparams_of(checkpoint)
+    state = checkpoint["state_dict"]
+    hparams = as_plain_dict(checkpoint.get("hyper_parameters") or checkpoint.get("hparams"))
     try:
         model = _from_vmdls_checkpoint(state, hparams)
         if model is None:
