@@ -2,6 +2,9 @@
 
     python main.py --enc_type mnist-conv --latent_dim 32 --enc_out_dim 500 ... (benchmarks/readme_original_commands.txt)
 
+With --objective ce it trains the baseline instead: the same backbone with a linear head and
+cross-entropy, on shuffled batches of B_c x B_s images, with the same data and schedule.
+
 Everything the run writes goes under --output_dir: checkpoints/last.ckpt, metrics.csv,
 hparams.yaml and args.json. The last line printed names the last checkpoint.
 """
@@ -23,6 +26,7 @@ if TYPE_CHECKING:  # the run imports them; --help does not pay for them
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from datasets import KnownUnknownDataModule
+    from models.classifier import CrossEntropyClassifier
     from models.vmdls import VMDLS
 
 
@@ -67,30 +71,37 @@ def build_callbacks(args: argparse.Namespace, checkpoint_dir: str) -> tuple[list
                                  save_last=True, save_top_k=1)
     callbacks: list[pl.Callback] = [
         EpochSeed(args.seed),
-        MarginSchedule(args.margin_max_distance, args.margin_jump, args.margins_epoch),
         LearningRateMonitor(logging_interval="epoch"),
         checkpoint,
     ]
-    if args.finetune:
-        callbacks.insert(2, FinetuneSchedule(args.finetune_epochs))
+    if getattr(args, "objective", "vmdls") == "vmdls":  # the margin and the heads-only phase belong to the VMDLS losses
+        callbacks.insert(1, MarginSchedule(args.margin_max_distance, args.margin_jump, args.margins_epoch))
+        if args.finetune:
+            callbacks.insert(2, FinetuneSchedule(args.finetune_epochs))
     return callbacks, checkpoint
 
 
-def plot_latent_tsne(model: VMDLS, datamodule: KnownUnknownDataModule, output_dir: str, seed: int) -> str:
-    """--log_tsne: the trained latent space (mu) of the known test and unknown images."""
+def plot_latent_tsne(model: VMDLS | CrossEntropyClassifier, datamodule: KnownUnknownDataModule, output_dir: str,
+                     seed: int) -> str:
+    """--log_tsne: the trained latent space (mu; for --objective ce, the backbone feature h)
+    of the known test and unknown images."""
     import torch
 
+    from models.classifier import CrossEntropyClassifier
     from utils.plots import plot_tsne
 
+    classifier = isinstance(model, CrossEntropyClassifier)
     model.eval()
     mus, labels = [], []
     with torch.no_grad():
         for x, y in datamodule.test_dataloader():
-            mus.append(model(datamodule.preprocess(x.to(model.device))).cpu())
+            x = datamodule.preprocess(x.to(model.device))
+            mus.append((model.features_and_logits(x)[0] if classifier else model(x)).cpu())
             labels.append(y)
     return plot_tsne(torch.cat(mus).numpy(), torch.cat(labels).numpy(), model.hparams.class_num,
                      os.path.join(output_dir, "tsne_latent.png"), seed=seed,
-                     title="t-SNE of the latent mu (test images)")
+                     title="t-SNE of the features h (test images)" if classifier
+                     else "t-SNE of the latent mu (test images)")
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -100,22 +111,34 @@ def main(argv: list[str] | None = None) -> str:
     matplotlib.use("Agg")
     import pytorch_lightning as pl
 
+    from models.classifier import CrossEntropyClassifier
     from models.vmdls import VMDLS
     from models.weights import load_backbone_weights
     from utils.cli import ensure_output_dir, trainer_kwargs
     from utils.loggers import build_loggers, write_json
 
+    if args.finetune and args.objective == "ce":
+        raise UserError("--finetune is for the VMDLS objective (it trains the variational heads first); "
+                        "for --objective ce drop --finetune and start from --weights alone")
     if args.finetune and not args.weights:
         raise UserError("--finetune trains from given backbone weights; add --weights FILE")
     if args.checkpoint_path and not os.path.isfile(args.checkpoint_path):
         raise UserError(f"--checkpoint_path {args.checkpoint_path!r} does not exist; give a checkpoint "
                         "written by main.py (for example OUTPUT_DIR/checkpoints/last.ckpt)")
+    if args.checkpoint_path:
+        from models.checkpoints import checkpoint_kind, read_checkpoint
+
+        kind = checkpoint_kind(read_checkpoint(args.checkpoint_path))
+        if kind != args.objective:
+            raise UserError(f"--checkpoint_path {args.checkpoint_path!r} holds a model of --objective {kind}, "
+                            f"not {args.objective}; resume it with --objective {kind}")
     output_dir = ensure_output_dir(args.output_dir or default_output_dir(args))
     pl.seed_everything(args.seed, workers=True, verbose=False)
     trainer_args = trainer_kwargs(args)
     datamodule = build_datamodule(args)
 
-    model = VMDLS.from_args(args, in_channels=datamodule.image_shape[0])
+    model_class = CrossEntropyClassifier if args.objective == "ce" else VMDLS
+    model = model_class.from_args(args, in_channels=datamodule.image_shape[0])
     if args.weights and not args.checkpoint_path:
         print(load_backbone_weights(model.encoder, args.weights).summary())
 
@@ -126,7 +149,7 @@ def main(argv: list[str] | None = None) -> str:
         f"known:{args.known_dataset}", f"unknown:{args.unknown_dataset}", f"backbone:{args.enc_type}"])
     trainer = pl.Trainer(
         **trainer_args, callbacks=callbacks, logger=loggers, default_root_dir=output_dir,
-        use_distributed_sampler=False,  # the balanced batch sampler shards itself across processes
+        use_distributed_sampler=False,  # the training batch samplers shard themselves across processes
         num_sanity_val_steps=0, log_every_n_steps=10, deterministic=False,
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=args.checkpoint_path)

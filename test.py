@@ -1,18 +1,21 @@
-"""Evaluate a VMDLS checkpoint as an out-of-distribution detector (docs/method.md section 3).
+"""Evaluate a checkpoint as an out-of-distribution detector (docs/method.md section 3).
 
     python test.py --checkpoint_path run/checkpoints/last.ckpt --known_dataset mnist \
         --unknown_dataset omniglot --data_dir ./data --ae_features --ae_checkpoint ae.ckpt
 
-Fits per-class Gaussians of the feature ensemble on the known training set, scores the
-known test set and the unknown set, and writes under --output_dir: results.json,
-thresholds.csv, roc.png, f1_threshold.png, score_histogram.png (and tsne.png with
---log_tsne). Accepts every flag of the original README's test commands
+Fits the detectors on the known training set (for the paper's: per-class Gaussians of
+the feature ensemble), scores the known test set and each unknown set, and writes under
+--output_dir: results.json, scores.csv, thresholds.csv, roc.png, f1_threshold.png,
+score_histogram.png (and tsne.png with --log_tsne), plus summary.csv and summary.md.
+With several unknown sets each set's files go to OUTPUT_DIR/<set>/ and roc.png holds a
+curve per set. Accepts every flag of the original README's test commands
 (benchmarks/readme_original_commands.txt).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 
 from utils.cli import run_main
@@ -55,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--thresholding", action="store_true",
                        help="also print the thresholds table around the 95%%-TPR operating point")
     group.add_argument("--log_tsne", action="store_true", help="write a t-SNE of the feature ensemble")
+    group.add_argument("--detector", nargs="+", default=None, metavar="NAME",
+                       help="the detectors to score with, the first one leading the plots and scores.csv: vmdls "
+                            "(the paper's score; the default for a VMDLS checkpoint), vmdls_latent, and through "
+                            "pytorch-ood msp (the default for a cross-entropy checkpoint), energy, maxlogit, odin, "
+                            "mahalanobis, knn, vim")
     group.add_argument("--compare_untrained", action="store_true",
                        help="also evaluate the same architecture at its initialisation (the checkpoint run's "
                             "seed) with the same detector, as a reference")
@@ -113,19 +121,31 @@ def load_reconstruction_autoencoder(args):
 
 
 def build_detector(model, autoencoder, datamodule, device):
+    """The paper's detector alone (models.detector), for callers that want its pytorch-ood interface."""
     from models.detector import FeatureEnsembleDetector
 
     return FeatureEnsembleDetector(model, autoencoder, preprocess=datamodule.preprocess, device=device)
 
 
-def write_outputs(args, output_dir: str, evaluation, metrics: dict, class_num: int) -> dict[str, str]:
+def set_folder(output_dir: str, name: str, several: bool) -> str:
+    """Where one unknown set's files go: the output folder itself for a single set (as
+    before), a sub-folder named after the set when there are several."""
+    if not several:
+        return output_dir
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace(os.sep, "_")).strip("._") or "unknown"
+    return os.path.join(output_dir, slug)
+
+
+def write_outputs(args, output_dir: str, scored, features, metrics: dict, class_num: int) -> dict[str, str]:
+    """Everything one known/unknown pair gives: thresholds.csv and the figures."""
     from utils import metrics as M
     from utils.loggers import atomic_path
     from utils.plots import plot_f1_curve, plot_roc, plot_score_histograms, plot_tsne
 
-    scores = evaluation.scores.numpy()
-    labels = evaluation.labels.numpy()
-    predictions = evaluation.predictions.numpy()
+    os.makedirs(output_dir, exist_ok=True)
+    scores = scored.scores.numpy()
+    labels = scored.labels.numpy()
+    predictions = scored.predictions.numpy()
     known = labels < class_num
     table = M.threshold_table(scores, known, predictions, labels, class_num)
     files = {"thresholds": os.path.join(output_dir, "thresholds.csv")}
@@ -139,8 +159,8 @@ def write_outputs(args, output_dir: str, evaluation, metrics: dict, class_num: i
     files["score_histogram"] = plot_score_histograms(scores[known], scores[~known],
                                                      os.path.join(output_dir, "score_histogram.png"),
                                                      threshold=metrics["threshold_at_95_tpr"])
-    if args.log_tsne:
-        files["tsne"] = plot_tsne(evaluation.features.numpy(), labels, class_num,
+    if args.log_tsne and features is not None:
+        files["tsne"] = plot_tsne(features.numpy(), labels, class_num,
                                   os.path.join(output_dir, "tsne.png"), seed=args.seed,
                                   title="t-SNE of the feature ensemble f(x) (test images)")
     if args.thresholding:
@@ -150,13 +170,42 @@ def write_outputs(args, output_dir: str, evaluation, metrics: dict, class_num: i
     return files
 
 
+SCORE_COLUMNS = ("set", "index", "label", "prediction", "score", "max_log_likelihood", "reconstruction", "path")
+
+
+def write_scores(path: str, scored, set_names: tuple[str, str], paths: tuple, class_num: int) -> str:
+    """scores.csv: one row per image of the pair, known test images first; ``index`` is the
+    image's position in its own set, ``path`` its file (empty for sets held as tensors)."""
+    import numpy as np
+    import pandas as pd
+
+    from utils.loggers import atomic_path
+
+    n_known = int((scored.labels < class_num).sum())
+    sizes = (n_known, len(scored.labels) - n_known)
+    frame = pd.DataFrame({
+        "set": np.repeat(set_names, sizes),
+        "index": np.concatenate([np.arange(n) for n in sizes]),
+        "label": scored.labels.numpy(),
+        "prediction": scored.predictions.numpy(),
+        "score": scored.scores.numpy(),
+        "max_log_likelihood": np.nan if scored.max_log_likelihood is None else scored.max_log_likelihood.numpy(),
+        "reconstruction": np.nan if scored.reconstruction is None else scored.reconstruction.numpy(),
+        "path": np.concatenate([np.asarray(p if p is not None else [""] * n, dtype=object)
+                                for p, n in zip(paths, sizes)]),
+    }, columns=list(SCORE_COLUMNS))
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return path
+
+
 def format_results(results: dict) -> str:
     """The printed table; with --compare_untrained, a column for the untrained reference."""
     width = max(len(name) for name, _ in RESULT_ROWS)
     untrained = results.get("untrained")
     lines = [f"{results['known_dataset']} (known, {results['n_known']}) vs "
-             f"{results['unknown_dataset']} (unknown, {results['n_unknown']}), {results['enc_type']}"
-             f"{', reconstruction-weighted' if results['ae_features'] else ''}"]
+             f"{results['unknown_dataset']} (unknown, {results['n_unknown']}), {results['enc_type']}, "
+             f"detector {results['detector']}{', reconstruction-weighted' if results['ae_features'] else ''}"]
     if untrained is None:
         lines.append("-" * (width + 12))
         lines += [f"{name:<{width}}  {100 * results[key]:8.2f} %" for name, key in RESULT_ROWS]
@@ -167,9 +216,44 @@ def format_results(results: dict) -> str:
     return "\n".join(lines)
 
 
+SUMMARY_COLUMNS = ("method", "unknown", "auroc", "fpr_at_95_tpr", "aupr_in", "aupr_out", "auroc_ood_positive",
+                   "fpr_at_95_tpr_ood_positive", "aupr_ood_positive", "cauroc", "closed_set_accuracy",
+                   "f1_macro_at_95_tpr", "n_known", "n_unknown")
+
+
+def summary_frame(rows: list[dict]):
+    """One row per (method, unknown set) and, per method, a mean row over the sets."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    means = frame.groupby("method", sort=False).mean(numeric_only=True).reset_index()
+    means["unknown"] = "mean"
+    return pd.concat([frame, means[list(SUMMARY_COLUMNS)]], ignore_index=True)
+
+
+def summary_markdown(frame) -> str:
+    """The summary as a Markdown table, rates in percent."""
+    shown = ("auroc", "fpr_at_95_tpr", "aupr_in", "aupr_out", "fpr_at_95_tpr_ood_positive", "cauroc",
+             "closed_set_accuracy")
+    lines = ["| method | unknown | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
+    for _, row in frame.iterrows():
+        lines.append(f"| {row['method']} | {row['unknown']} | "
+                     + " | ".join(f"{100 * row[key]:.2f}" for key in shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def method_name(detector: str, untrained: bool) -> str:
+    """A summary row's method: the detector, or the untrained reference ("untrained" for
+    the paper's detector, as the benchmark names it)."""
+    if not untrained:
+        return detector
+    return "untrained" if detector == "vmdls" else f"untrained_{detector}"
+
+
 def evaluate(args, detector, datamodule, keep_features: bool = False):
-    """Fit the class Gaussians, then score the known test set and the unknown set: with M
-    and r_max of the evaluated images (the paper's set-level step) or of the training set."""
+    """The paper's detector on the data module's known + (first) unknown test set: fit the
+    class Gaussians, score; M and r_max of the evaluated images (the paper's set-level
+    step) or of the training set. Kept for callers of the pytorch-ood detector."""
     from models.detector import score_set
 
     train_mode = args.score_stats == "train"
@@ -178,6 +262,48 @@ def evaluate(args, detector, datamodule, keep_features: bool = False):
         detector.fit_score_statistics(progress(datamodule.fit_dataloader(), "training-set score statistics"))
     evaluation = detector.evaluate(progress(datamodule.test_dataloader(), "scoring"), keep_features=keep_features)
     return detector.score(evaluation) if train_mode else score_set(evaluation)
+
+
+def evaluate_sets(evaluator, datamodule, unknown_names: list[str]) -> dict[str, tuple[dict, object]]:
+    """Fit once, pass over the known test set once and over each unknown set once; for each
+    unknown set, every detector's scores of the pair and the pair's feature ensemble."""
+    evaluator.fit(datamodule.fit_dataloader(), "fitting")
+    known = evaluator.pass_over(datamodule.known_test_dataloader(), "known test set")
+    pairs = {}
+    for name in unknown_names:
+        unknown = evaluator.pass_over(datamodule.unknown_test_dataloader(name), name)
+        pairs[name] = (evaluator.score_pair(known, unknown), evaluator.features_of(known, unknown))
+    return pairs
+
+
+def parse_detectors(args, kind: str) -> list[str]:
+    from models.evaluation import DETECTOR_NAMES, default_detectors
+    from utils.flags import split_names
+
+    names = split_names(args.detector) if args.detector else default_detectors(kind)
+    unknown = [name for name in names if name not in DETECTOR_NAMES]
+    if unknown:
+        raise UserError(f"unknown detector {unknown[0]!r}: choose from {', '.join(DETECTOR_NAMES)}",
+                        setting="detector")
+    return names
+
+
+def load_model(checkpoint: dict, kind: str, overrides: dict):
+    from models.checkpoints import load_classifier, load_vmdls
+
+    if kind == "ce":
+        return load_classifier(checkpoint, overrides)
+    model, missing = load_vmdls(checkpoint, overrides)
+    if missing:
+        raise UserError(f"the checkpoint lacks {len(missing)} weights of the model (e.g. {missing[0]}); "
+                        "pass the checkpoint of a trained VMDLS model")
+    return model
+
+
+def untrained_model(checkpoint: dict, kind: str, overrides: dict, seed: int):
+    from models.checkpoints import untrained_classifier, untrained_vmdls
+
+    return (untrained_classifier if kind == "ce" else untrained_vmdls)(checkpoint, overrides, seed)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -190,15 +316,23 @@ def main(argv: list[str] | None = None) -> dict:
     import pytorch_lightning as pl
 
     from datasets import KnownUnknownDataModule
-    from models.checkpoints import checkpoint_hparams, checkpoint_seed, load_vmdls, read_checkpoint, untrained_vmdls
+    from datasets.images import dataset_paths
+    from models.checkpoints import checkpoint_hparams, checkpoint_kind, checkpoint_seed, read_checkpoint
+    from models.evaluation import Evaluator
     from utils import metrics as M
     from utils.cli import ensure_output_dir
-    from utils.loggers import build_loggers, log_files, write_json
+    from utils.flags import split_names
+    from utils.loggers import atomic_path, build_loggers, log_files, write_json
+    from utils.plots import plot_roc_sets
 
     checkpoint = read_checkpoint(args.checkpoint_path)
+    kind = checkpoint_kind(checkpoint)
     args = resolve_settings(args, explicit_flags(parser, argv), checkpoint)
+    detectors = parse_detectors(args, kind)
+    unknown_names = split_names(args.unknown_dataset)
+    several = len(unknown_names) > 1
     output_dir = ensure_output_dir(args.output_dir or os.path.join(
-        "outputs", "test", f"{args.known_dataset}-vs-{args.unknown_dataset}-{time.strftime('%Y%m%d-%H%M%S')}"))
+        "outputs", "test", f"{args.known_dataset}-vs-{'+'.join(unknown_names)}-{time.strftime('%Y%m%d-%H%M%S')}"))
     pl.seed_everything(args.seed, verbose=False)
     device = pick_device(args)
 
@@ -206,47 +340,97 @@ def main(argv: list[str] | None = None) -> dict:
     datamodule.setup("test")
     overrides = {name: getattr(args, name) for name in MODEL_FLAGS}
     overrides["in_channels"] = checkpoint_hparams(checkpoint).get("in_channels") or datamodule.image_shape[0]
-    model, missing = load_vmdls(checkpoint, overrides)
-    if missing:
-        raise UserError(f"the checkpoint lacks {len(missing)} weights of the model (e.g. {missing[0]}); "
-                        "pass the checkpoint of a trained VMDLS model")
+    model = load_model(checkpoint, kind, overrides)
+    autoencoder = load_reconstruction_autoencoder(args) if kind == "vmdls" else None
+    if args.ae_features and kind != "vmdls":
+        print("note: --ae_features weights the paper's score only; a cross-entropy checkpoint has none")
 
-    autoencoder = load_reconstruction_autoencoder(args)
-    detector = build_detector(model, autoencoder, datamodule, device)
-    evaluation = evaluate(args, detector, datamodule, keep_features=args.log_tsne)
+    def evaluator_for(network, keep_features: bool) -> Evaluator:
+        return Evaluator(network, kind, detectors, autoencoder, preprocess=datamodule.preprocess, device=device,
+                         score_stats=args.score_stats, keep_features=keep_features, progress=progress)
+
+    trained = evaluator_for(model, keep_features=args.log_tsne)
+    pairs = evaluate_sets(trained, datamodule, unknown_names)
+    untrained_pairs, seed = None, None
+    if args.compare_untrained:
+        seed = checkpoint_seed(checkpoint, default=args.seed)
+        reference = evaluator_for(untrained_model(checkpoint, kind, overrides, seed), keep_features=False)
+        untrained_pairs = evaluate_sets(reference, datamodule, unknown_names)
 
     class_num = args.class_num
 
-    def metrics_of(evaluation) -> dict:
-        metrics = M.ood_metrics(evaluation.scores.numpy(), evaluation.predictions.numpy(),
-                                evaluation.labels.numpy(), class_num)
+    def metrics_of(scored) -> dict:
+        metrics = M.ood_metrics(scored.scores.numpy(), scored.predictions.numpy(), scored.labels.numpy(), class_num)
         return {k: float(v) if isinstance(v, (float, np.floating)) else v for k, v in metrics.items()}
 
-    metrics = metrics_of(evaluation)
-    results = {
-        **metrics,
-        "known_dataset": args.known_dataset, "unknown_dataset": args.unknown_dataset,
-        "enc_type": args.enc_type, "checkpoint": os.path.abspath(args.checkpoint_path),
-        "ae_features": bool(args.ae_features), "ae_checkpoint": args.ae_checkpoint,
-        "score_stats": args.score_stats, "jitter": detector.gaussians.jitter,
-    }
-    if args.compare_untrained:
-        seed = checkpoint_seed(checkpoint, default=args.seed)
-        reference = build_detector(untrained_vmdls(checkpoint, overrides, seed), autoencoder, datamodule, device)
-        untrained = evaluate(args, reference, datamodule)
-        results["untrained"] = {**metrics_of(untrained), "jitter": reference.gaussians.jitter, "seed": seed}
-    files = write_outputs(args, output_dir, evaluation, metrics, class_num)
-    files["results"] = os.path.join(output_dir, "results.json")
-    write_json(files["results"], results)
+    primary = detectors[0]
+    known_paths = dataset_paths(datamodule.known_test_set)
+    files, summary_rows, all_results, curves = {}, [], {}, {}
+    for name in unknown_names:
+        folder = set_folder(output_dir, name, several)
+        scored, features = pairs[name]
+        by_detector = {detector: metrics_of(scored[detector]) for detector in detectors}
+        results = {
+            **by_detector[primary], "detector": primary,
+            "known_dataset": args.known_dataset, "unknown_dataset": name,
+            "enc_type": args.enc_type, "checkpoint": os.path.abspath(args.checkpoint_path), "checkpoint_kind": kind,
+            "ae_features": bool(args.ae_features and kind == "vmdls"), "ae_checkpoint": args.ae_checkpoint,
+            "score_stats": args.score_stats, "jitter": trained.jitter,
+        }
+        if len(detectors) > 1:
+            results["detectors"] = by_detector
+        rows = [{"method": method_name(d, False), "unknown": name, **m} for d, m in by_detector.items()]
+        if untrained_pairs is not None:
+            untrained_scored, _ = untrained_pairs[name]
+            untrained_by_detector = {d: metrics_of(untrained_scored[d]) for d in detectors}
+            results["untrained"] = {**untrained_by_detector[primary], "jitter": reference.jitter, "seed": seed}
+            if len(detectors) > 1:
+                results["untrained"]["detectors"] = untrained_by_detector
+            rows += [{"method": method_name(d, True), "unknown": name, **m} for d, m in untrained_by_detector.items()]
+        summary_rows += rows
+        set_files = write_outputs(args, folder, scored[primary], features, by_detector[primary], class_num)
+        paths = (known_paths, dataset_paths(datamodule.unknown_test_sets[name]))
+        for detector in detectors:
+            csv_name = "scores.csv" if detector == primary else f"scores_{detector}.csv"
+            set_files[f"scores_{detector}"] = write_scores(os.path.join(folder, csv_name), scored[detector],
+                                                           (args.known_dataset, name), paths, class_num)
+        set_files["results"] = os.path.join(folder, "results.json")
+        write_json(set_files["results"], results)
+        files.update({f"{name}/{k}" if several else k: v for k, v in set_files.items()})
+        all_results[name] = results
+        fpr, tpr, _ = M.roc_points(scored[primary].scores.numpy(), scored[primary].labels.numpy() < class_num)
+        curves[name] = (fpr, tpr, results["auroc"])
+
+    summary = summary_frame(summary_rows)
+    files["summary"] = os.path.join(output_dir, "summary.csv")
+    with atomic_path(files["summary"]) as tmp:
+        summary.to_csv(tmp, index=False)
+    files["summary_md"] = os.path.join(output_dir, "summary.md")
+    with atomic_path(files["summary_md"]) as tmp, open(tmp, "w") as handle:
+        handle.write(summary_markdown(summary))
+    if several:
+        files["roc_sets"] = plot_roc_sets(curves, os.path.join(output_dir, "roc.png"),
+                                          title=f"ROC of {primary}: {args.known_dataset} vs each unknown set")
+
     loggers = build_loggers(output_dir, args.logger, args.offline, project=args.neptune_project,
-                            tags=[f"known:{args.known_dataset}", f"unknown:{args.unknown_dataset}", "test"])
-    logged = {k: v for k, v in results.items() if isinstance(v, float)}
-    logged.update({f"untrained_{k}": v for k, v in results.get("untrained", {}).items() if isinstance(v, float)})
+                            tags=[f"known:{args.known_dataset}", *(f"unknown:{n}" for n in unknown_names), "test"])
+    logged = {}
+    for _, row in summary.iterrows():
+        prefix = "" if not several and row["unknown"] != "mean" and row["method"] == primary else \
+            f"{row['method']}/{row['unknown']}/"
+        logged.update({f"{prefix}{k}": float(row[k]) for k in SUMMARY_COLUMNS[2:]})
     for logger in loggers:
         logger.log_metrics(logged)
         logger.save()
     log_files(loggers, files)
+    if several:
+        print(summary_markdown(summary))
+        print(f"results: {output_dir}/<set>/results.json, summary: {files['summary']}")
+        return {"sets": all_results, "summary": files["summary"]}
+    results = all_results[unknown_names[0]]
     print(format_results(results))
+    if len(detectors) > 1:
+        print(summary_markdown(summary))
     print(f"results: {files['results']}")
     return results
 

@@ -7,11 +7,13 @@ from typing import Optional
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset, DistributedSampler
 
 from utils.errors import UserError
 
 from .images import ImageDataset, fit_to_shape
+from utils.flags import split_names
+
 from .registry import get_known_dataset, get_unknown_dataset
 from .sampler import BalancedBatchSampler
 from .transforms import BatchTransform, normalization_for
@@ -36,9 +38,14 @@ class KnownUnknownDataModule(pl.LightningDataModule):
     """Known training set with class-balanced batches; known + unknown test set.
 
     * ``train_dataloader``: :class:`BalancedBatchSampler` batches of ``batch_classes``
-      classes x ``sample_count`` images of the known training set.
+      classes x ``sample_count`` images of the known training set; with
+      ``shuffled_batches=True`` (the cross-entropy baseline, ``--objective ce``) ordinary
+      shuffled batches of ``batch_classes * sample_count`` images instead.
     * ``val_dataloader`` / ``test_dataloader``: the known test set (labels
       ``0..class_num-1``) followed by the unknown set (label ``class_num``), in order.
+      ``unknown_dataset`` may name several sets (comma-separated): these two loaders use
+      the first; ``known_test_dataloader`` and ``unknown_test_dataloader(name)`` give the
+      known test set and each unknown set alone.
     * ``fit_dataloader``: the known training set in order, without augmentation (to fit
       the class Gaussians).
 
@@ -52,8 +59,9 @@ class KnownUnknownDataModule(pl.LightningDataModule):
     resizes known images to ``input_height x input_height``. The unknown set is always
     brought to the known set's shape.
 
-    The training sampler shards batches across DDP processes itself, so the Trainer
-    must be built with ``use_distributed_sampler=False``.
+    The training sampler shards batches across DDP processes itself (the shuffled one
+    through a :class:`DistributedSampler`), so the Trainer must be built with
+    ``use_distributed_sampler=False``.
     """
 
     @classmethod
@@ -64,6 +72,7 @@ class KnownUnknownDataModule(pl.LightningDataModule):
             class_num=args.class_num, data_transforms=args.data_transforms, input_height=args.input_height,
             batch_classes=args.batch_classes, sample_count=args.sample_count, batch_size=args.batch_size,
             num_workers=args.num_workers, seed=args.seed,
+            shuffled_batches=getattr(args, "objective", "vmdls") == "ce",
         )
 
     def __init__(
@@ -81,6 +90,7 @@ class KnownUnknownDataModule(pl.LightningDataModule):
         seed: int = 0,
         download: bool = True,
         resize_known: bool = False,
+        shuffled_batches: bool = False,
     ):
         super().__init__()
         # Lightning writes these into every checkpoint (datamodule_hyper_parameters), so
@@ -109,6 +119,10 @@ class KnownUnknownDataModule(pl.LightningDataModule):
             )
         self.known_dataset = known_dataset
         self.unknown_dataset = unknown_dataset
+        self.unknown_names = split_names(unknown_dataset)
+        if not self.unknown_names:
+            raise UserError("unknown_dataset names no dataset: give at least one name, e.g. noise",
+                            setting="unknown_dataset")
         self.data_dir = data_dir
         self.class_num = class_num
         self.data_transforms = data_transforms
@@ -120,6 +134,7 @@ class KnownUnknownDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         self.download = bool(download)
         self.resize_known = bool(resize_known)
+        self.shuffled_batches = bool(shuffled_batches)
         if self.resize_known and input_height is None:
             raise UserError(
                 "resize_known needs an input_height to resize the known images to: set input_height to e.g. 32.",
@@ -129,6 +144,7 @@ class KnownUnknownDataModule(pl.LightningDataModule):
         self.train_set: Optional[Dataset] = None
         self.known_test_set: Optional[Dataset] = None
         self.unknown_test_set: Optional[Dataset] = None
+        self.unknown_test_sets: dict[str, Dataset] = {}
         self.test_set: Optional[ConcatDataset] = None
         self.train_transform: Optional[BatchTransform] = None
         self.eval_transform: Optional[BatchTransform] = None
@@ -159,10 +175,12 @@ class KnownUnknownDataModule(pl.LightningDataModule):
         if self.resize_known and shape[1:] != (self.input_height, self.input_height):
             shape = (shape[0], self.input_height, self.input_height)
             train, known_test = _Resized(train, shape), _Resized(known_test, shape)
-        unknown = get_unknown_dataset(
-            self.unknown_dataset, self.data_dir, self.class_num, shape, train=False, seed=self.seed,
-            download=self.download,
-        )
+        self.unknown_test_sets = {
+            name: get_unknown_dataset(name, self.data_dir, self.class_num, shape, train=False, seed=self.seed,
+                                      download=self.download)
+            for name in self.unknown_names
+        }
+        unknown = self.unknown_test_sets[self.unknown_names[0]]
         self.train_transform = BatchTransform(self.data_transforms, shape, train=True)
         self.eval_transform = BatchTransform(self.data_transforms, shape, train=False)
         self.known_test_set = known_test
@@ -183,12 +201,37 @@ class KnownUnknownDataModule(pl.LightningDataModule):
             self.train_set.targets, self.batch_classes, self.sample_count, seed=self.seed  # type: ignore[union-attr]
         )
 
+    def shuffled_train_sampler(self) -> BatchSampler:
+        """``shuffled_batches``: batches of ``batch_classes * sample_count`` images drawn
+        without regard to class, each image at most once per epoch (the last, incomplete
+        batch is dropped). The order is a permutation seeded by ``(seed, epoch)``
+        (Lightning calls ``set_epoch`` on ``batch_sampler.sampler``), so a resumed run
+        draws the same batches; under DDP each process takes its own share of it."""
+        self.setup()
+        batch_size = self.batch_classes * self.sample_count
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            replicas, rank = dist.get_world_size(), dist.get_rank()
+        else:
+            replicas, rank = 1, 0
+        images = len(self.train_set)  # type: ignore[arg-type]
+        if images // replicas < batch_size:
+            raise UserError(
+                f"The training set's {images} images give no batch of batch_classes x sample_count = {batch_size} "
+                f"images{' per process' if replicas > 1 else ''}: lower sample_count or batch_classes.",
+                setting="sample_count",
+            )
+        sampler = DistributedSampler(self.train_set, num_replicas=replicas, rank=rank, shuffle=True,  # type: ignore[arg-type]
+                                     seed=self.seed, drop_last=True)
+        return BatchSampler(sampler, batch_size, drop_last=True)
+
     def train_dataloader(self) -> DataLoader:
         self.setup()
         # A private generator: creating the iterator then draws no number from the global
         # RNG, so the z samples and augmentations after a resume match an uninterrupted run.
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self.train_set, batch_sampler=self.train_sampler(), generator=generator,
+        batch_sampler = self.shuffled_train_sampler() if self.shuffled_batches else self.train_sampler()
+        return DataLoader(self.train_set, batch_sampler=batch_sampler, generator=generator,
                           **self._loader_kwargs())
 
     def _sequential(self, dataset: Dataset, persistent: bool = True) -> DataLoader:
@@ -203,6 +246,16 @@ class KnownUnknownDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         self.setup()
         return self._sequential(self.test_set)
+
+    def known_test_dataloader(self) -> DataLoader:
+        """The known test set alone, in order (labels 0..class_num-1)."""
+        self.setup()
+        return self._sequential(self.known_test_set, persistent=False)
+
+    def unknown_test_dataloader(self, name: str) -> DataLoader:
+        """One unknown set alone, in order (every label class_num)."""
+        self.setup()
+        return self._sequential(self.unknown_test_sets[name], persistent=False)
 
     def fit_dataloader(self) -> DataLoader:
         """The known training set in order, un-augmented (batches still go through eval preprocessing)."""

@@ -309,3 +309,14 @@ class UniformNoiseDataset(ImageDataset):
             raise IndexError(index)
         g = item_generator(self.seed, index, self.stream)
         return torch.rand(self.image_shape, generator=g), int(self.targets[index])
+
+
+def dataset_paths(dataset) -> list[str] | None:
+    """The file of each image, in index order, for sets read from files; None for sets held
+    as tensors (looks through views such as the data module's resized one)."""
+    while dataset is not None:
+        paths = getattr(dataset, "paths", None)
+        if paths is not None:
+            return list(paths)
+        dataset = getattr(dataset, "base", None)
+    return None

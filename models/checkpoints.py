@@ -1,4 +1,5 @@
-"""Reading VMDLS checkpoints: ours, and the original implementation's (Lightning 1.1).
+"""Reading VMDLS checkpoints: ours, and the original implementation's (Lightning 1.1);
+and the cross-entropy baseline's (``main.py --objective ce``, :func:`checkpoint_kind`).
 
 A checkpoint holds the model's own hyperparameters (``hyper_parameters``) and, since the
 data module records its settings, the data settings (``datamodule_hyper_parameters``).
@@ -8,6 +9,7 @@ read from there, and keys the model does not take are ignored.
 """
 from __future__ import annotations
 
+from models.classifier import CrossEntropyClassifier
 from models.vmdls import VMDLS
 from utils.errors import UserError
 from utils.torch_files import as_plain_dict, read_torch_file
@@ -95,3 +97,66 @@ def load_vmdls(checkpoint: dict, overrides: dict | None = None) -> tuple[VMDLS, 
     if "margin_distance" in checkpoint:
         model.metric_loss.neg_margin = float(checkpoint["margin_distance"])
     return model, missing
+
+
+# ------------------------------------------------------------------ the cross-entropy baseline
+KINDS = ("vmdls", "ce")
+
+
+def checkpoint_kind(checkpoint: dict) -> str:
+    """Which model a checkpoint holds: ``"ce"`` (the cross-entropy classifier of
+    ``main.py --objective ce``) or ``"vmdls"``.
+
+    "ce" when the hyperparameters say ``objective: ce``, or when the weights hold the
+    classifier's head ``fc`` and no ``fc_mu``; "vmdls" when the weights hold ``fc_mu`` or
+    the hyperparameters name no objective (the original's checkpoints, and ours before
+    the baseline existed). Anything else is a UserError.
+    """
+    hparams = checkpoint_hparams(checkpoint)
+    state = checkpoint.get("state_dict") or {}
+    objective = hparams.get("objective")
+    if objective == "ce" or ("fc.weight" in state and "fc_mu.weight" not in state):
+        return "ce"
+    if "fc_mu.weight" in state or objective is None or objective == "vmdls":
+        return "vmdls"
+    raise UserError(f"the checkpoint's objective {objective!r} is not one this project trains ({', '.join(KINDS)}); "
+                    "give a checkpoint written by main.py", setting="checkpoint_path")
+
+
+def build_classifier(checkpoint: dict, overrides: dict | None = None) -> CrossEntropyClassifier:
+    """The classifier a checkpoint's hyperparameters describe (``overrides`` win for the
+    model flags; flags it does not take, such as latent_dim, are ignored), freshly initialised."""
+    own = set(CrossEntropyClassifier.hyperparameter_names()) - {"objective"}
+    hparams = {k: v for k, v in {**checkpoint_hparams(checkpoint), **(overrides or {})}.items() if k in own}
+    return CrossEntropyClassifier(**hparams)
+
+
+def untrained_classifier(checkpoint: dict, overrides: dict | None = None,
+                         seed: int | None = None) -> CrossEntropyClassifier:
+    """The classifier's architecture at its initialisation, seeded as :func:`untrained_vmdls`
+    seeds (``seed``: the run's, by default), in eval mode."""
+    import pytorch_lightning as pl
+
+    pl.seed_everything(checkpoint_seed(checkpoint) if seed is None else seed, verbose=False)
+    return build_classifier(checkpoint, overrides).eval()
+
+
+def load_classifier(checkpoint: dict, overrides: dict | None = None) -> CrossEntropyClassifier:
+    """The trained cross-entropy classifier of a checkpoint, in eval mode: built from its
+    hyperparameters (``overrides`` win) with every weight loaded strictly.
+
+    Its ``forward(x)`` gives the logits and ``features_and_logits(x)`` the feature h and
+    the logits, for a batch already preprocessed by the data module's ``preprocess``."""
+    if checkpoint_kind(checkpoint) != "ce":
+        raise UserError("the checkpoint holds a VMDLS model, not the cross-entropy classifier; give one written "
+                        "by main.py --objective ce", setting="checkpoint_path")
+    model = build_classifier(checkpoint, overrides)
+    hparams = dict(model.hparams)
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as error:
+        first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+        raise UserError(f"the checkpoint's weights do not fit a {hparams.get('enc_type')} classifier with these "
+                        f"sizes ({first}); give the enc_type, enc_out_dim and class_num it was trained with",
+                        setting="enc_type")
+    return model.eval()

@@ -40,6 +40,16 @@ class Evaluation:
     log_likelihoods: torch.Tensor   # l_c(x), [N, K]
     reconstruction: torch.Tensor    # r(x) before normalisation, [N]
     features: torch.Tensor | None   # f(x), [N, D], kept only when asked
+    h: torch.Tensor | None = None   # the backbone feature, [N, D_h], kept only when asked
+    mu: torch.Tensor | None = None  # the latent mean, [N, L], kept only when asked
+
+    @staticmethod
+    def cat(parts: list["Evaluation"]) -> "Evaluation":
+        """The evaluations of several image sets as one, in order."""
+        def joined(name):
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else torch.cat(values)
+        return Evaluation(**{name: joined(name) for name in Evaluation.__dataclass_fields__})
 
 
 def likelihood_score(log_likelihoods: torch.Tensor, reconstruction: torch.Tensor,
@@ -96,6 +106,7 @@ class FeatureEnsembleDetector(FeaturesDetector):
         self.gaussians: ClassGaussians | None = None
         self.max_log_likelihood: float | None = None   # of the training set: M - 1
         self.max_reconstruction: float | None = None   # of the training set: r_max
+        self.fit_outputs: dict[str, torch.Tensor] | None = None  # fit(keep_outputs=True)
         self.to(device or "cpu")
 
     def to(self, device) -> "FeatureEnsembleDetector":
@@ -105,20 +116,24 @@ class FeatureEnsembleDetector(FeaturesDetector):
         return self
 
     # ------------------------------------------------------------------ feature passes
-    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The normalised batch, its tap1 and f(x), from one backbone pass."""
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """The normalised batch, its tap1, f(x) and the model's outputs, from one backbone pass."""
         if self.model is None:
             raise ValueError("this detector was built without a model: use fit_features / predict_features")
         x = self.preprocess(x.to(self.device, non_blocking=True))
         out = self.model.embed(x)
-        return x, out["taps"][0], torch.cat([*out["taps"], out["h"], out["mu"]], dim=1)
+        return x, out["taps"][0], torch.cat([*out["taps"], out["h"], out["mu"]], dim=1), out
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """f(x) and r(x) before normalisation, for a batch of loader images: one backbone
         pass, plus one over the autoencoder's reconstruction."""
-        x, tap1, f = self._embed(x)
-        return f, self._reconstruction_distance(x, tap1)
+        f, r, _ = self._features_and_outputs(x)
+        return f, r
+
+    def _features_and_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        x, tap1, f, out = self._embed(x)
+        return f, self._reconstruction_distance(x, tap1), out
 
     def _reconstruction_distance(self, x: torch.Tensor, tap1: torch.Tensor) -> torch.Tensor:
         """mean over dims of (tap1(x) - tap1(AE(x)))^2; 1 without an autoencoder."""
@@ -129,19 +144,29 @@ class FeatureEnsembleDetector(FeaturesDetector):
 
     # ------------------------------------------------------------------------ fitting
     @torch.no_grad()
-    def fit(self, data_loader: Iterable[Batch], score_statistics: bool = True) -> "FeatureEnsembleDetector":
+    def fit(self, data_loader: Iterable[Batch], score_statistics: bool = True,
+            keep_outputs: bool = False) -> "FeatureEnsembleDetector":
         """Step 1 on the known training set, in one pass; then, with ``score_statistics``,
         a second pass for the training set's M and r_max, which ``predict`` needs (so the
-        loader must be iterable twice: a DataLoader or a list, not a generator)."""
+        loader must be iterable twice: a DataLoader or a list, not a generator).
+        ``keep_outputs`` keeps the training images' h, mu and labels from the same pass in
+        :attr:`fit_outputs` (an :class:`Evaluation` without likelihoods), for other
+        detectors fitted on the same model."""
         if score_statistics and iter(data_loader) is data_loader:
             raise ValueError("fit() passes over the training set twice: give a DataLoader or a list of batches, "
                              "not a one-shot iterator")
         stats: ClassStatistics | None = None
+        kept: dict[str, list[torch.Tensor]] = {"h": [], "mu": [], "labels": []}
         for x, y in data_loader:
-            _, _, f = self._embed(x)
+            _, _, f, out = self._embed(x)
             if stats is None:
                 stats = ClassStatistics(self.num_classes, f.shape[1]).to(f.device)
             stats.update(f, y.to(f.device))
+            if keep_outputs:
+                kept["h"].append(out["h"].float().cpu())
+                kept["mu"].append(out["mu"].float().cpu())
+                kept["labels"].append(y.cpu())
+        self.fit_outputs = None if not keep_outputs or stats is None else {k: torch.cat(v) for k, v in kept.items()}
         if stats is None:
             raise ValueError("the training set gave no batches to fit the class Gaussians on")
         self.gaussians = ClassGaussians.from_statistics(stats, step=self.jitter_step, extra_steps=self.extra_steps)
@@ -194,18 +219,24 @@ class FeatureEnsembleDetector(FeaturesDetector):
                                  self.max_log_likelihood, self.max_reconstruction)
 
     @torch.no_grad()
-    def evaluate(self, batches: Iterable[Batch], keep_features: bool = False) -> Evaluation:
+    def evaluate(self, batches: Iterable[Batch], keep_features: bool = False,
+                 keep_outputs: bool = False) -> Evaluation:
         """l_c(x), r(x) and the argmax class of every image (steps 2 and 3), unscored:
-        :func:`score_set` or :meth:`score` turns them into s(x)."""
+        :func:`score_set` or :meth:`score` turns them into s(x). ``keep_outputs`` keeps h
+        and mu of the same pass, for other detectors."""
         self._require_fit(statistics=False)
         log_likelihoods, reconstruction, labels, features = [], [], [], []
+        hs, mus = [], []
         for x, y in batches:
-            f, r = self.features(x)
+            f, r, out = self._features_and_outputs(x)
             log_likelihoods.append(self.gaussians.log_prob(f).cpu())
             reconstruction.append(r.cpu())
             labels.append(y.cpu())
             if keep_features:
                 features.append(f.cpu())
+            if keep_outputs:
+                hs.append(out["h"].float().cpu())
+                mus.append(out["mu"].float().cpu())
         if not log_likelihoods:
             raise ValueError("no batches to evaluate")
         log_likelihoods = torch.cat(log_likelihoods)
@@ -213,6 +244,7 @@ class FeatureEnsembleDetector(FeaturesDetector):
             scores=None, predictions=log_likelihoods.argmax(dim=1), labels=torch.cat(labels),
             log_likelihoods=log_likelihoods, reconstruction=torch.cat(reconstruction),
             features=torch.cat(features) if keep_features else None,
+            h=torch.cat(hs) if keep_outputs else None, mu=torch.cat(mus) if keep_outputs else None,
         )
 
     def score(self, evaluation: Evaluation) -> Evaluation:

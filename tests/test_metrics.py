@@ -144,7 +144,8 @@ def test_ood_metrics_agree_with_the_single_functions(seed, ties):
     result = metrics.ood_metrics(scores, pred, labels, num_classes)
     assert set(result) == {"auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr", "tnr_at_95_tpr",
                            "detection_accuracy", "closed_set_accuracy", "f1_macro_at_95_tpr",
-                           "f1_macro_best", "threshold_at_95_tpr", "n_known", "n_unknown"}
+                           "f1_macro_best", "threshold_at_95_tpr", "n_known", "n_unknown", "cauroc",
+                           "auroc_ood_positive", "fpr_at_95_tpr_ood_positive", "aupr_ood_positive"}
     assert result["auroc"] == pytest.approx(roc_auc_score(known, scores))
     assert result["aupr_in"] == pytest.approx(average_precision_score(known, scores))
     assert result["aupr_out"] == pytest.approx(average_precision_score(~known, -scores))
@@ -161,6 +162,37 @@ def test_ood_metrics_agree_with_the_single_functions(seed, ties):
         metrics.best_f1(scores, pred, labels, num_classes)[0])
     assert result["n_known"] == known.sum()
     assert result["n_unknown"] == (~known).sum()
+
+
+@pytest.mark.parametrize("seed,n,ties", CASES)
+def test_unknown_positive_figures_match_the_openood_recipe(seed, n, ties):
+    """OpenOOD's evaluator: roc_curve with unknown positive on -score, the FPR at the first
+    point reaching 95 % TPR; AUPR as auc(recall, precision) of the unknown class."""
+    from sklearn.metrics import auc, precision_recall_curve
+
+    scores, pred, labels, known = make_data(seed, n, ties=ties)
+    result = metrics.ood_metrics(scores, pred, labels, 4)
+    fpr, tpr, _ = roc_curve(~known, -scores)
+    assert result["fpr_at_95_tpr_ood_positive"] == pytest.approx(fpr[np.argmax(tpr >= 0.95)])
+    precision, recall, _ = precision_recall_curve(~known, -scores)
+    assert result["aupr_ood_positive"] == pytest.approx(auc(recall, precision))
+    assert result["auroc_ood_positive"] == pytest.approx(roc_auc_score(~known, -scores))
+    assert result["auroc_ood_positive"] == pytest.approx(result["auroc"])
+
+
+@pytest.mark.parametrize("seed,n,ties", CASES)
+def test_cauroc_counts_pairs_of_correct_known_and_unknown(seed, n, ties):
+    scores, pred, labels, known = make_data(seed, n, ties=ties)
+    correct = scores[known & (pred == labels)]
+    unknown = scores[~known]
+    pairs = (correct[:, None] > unknown[None, :]) + 0.5 * (correct[:, None] == unknown[None, :])
+    assert metrics.cauroc(scores, pred, labels, 4) == pytest.approx(pairs.mean())
+    assert metrics.ood_metrics(scores, pred, labels, 4)["cauroc"] == pytest.approx(pairs.mean())
+
+
+def test_cauroc_is_nan_when_no_known_image_is_classified_correctly():
+    scores, labels = np.array([0.9, 0.8, 0.1]), np.array([0, 1, 2])
+    assert np.isnan(metrics.cauroc(scores, np.array([1, 0, 0]), labels, 2))
 
 
 def test_one_sided_sets_raise():

@@ -78,12 +78,31 @@ def add_known_data_args(group_or_parser, *, known_dataset: str = "mnist", data_t
     add("--batch_size", type=int, default=256, help=batch_size_help)
 
 
+class JoinNames(argparse.Action):
+    """One or more names (each may hold commas) kept as one comma-separated string, so a
+    single name is stored exactly as before (checkpoints and args.json included)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        names = [name.strip() for value in values for name in str(value).split(",") if name.strip()]
+        if not names:
+            parser.error(f"{option_string} needs at least one dataset name")
+        setattr(namespace, self.dest, ",".join(dict.fromkeys(names)))
+
+
+def split_names(value) -> list[str]:
+    """The names of a comma-separated string (or a list of them), in order, without repeats."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return list(dict.fromkeys(n.strip() for v in values for n in str(v).split(",") if n.strip()))
+
+
 def add_data_args(parser: argparse.ArgumentParser, hide_training: bool = False) -> None:
     """main.py and test.py: the known and unknown datasets, and the balanced batches."""
     group = parser.add_argument_group("data")
     add_known_data_args(group)
-    group.add_argument("--unknown_dataset", default="omniglot", type=str,
-                       help="unknown dataset, e.g. omniglot, noise, lsun-resize, cifar_unknown, digits_unknown")
+    group.add_argument("--unknown_dataset", default="omniglot", nargs="+", action=JoinNames, metavar="NAME",
+                       help="unknown dataset(s), e.g. omniglot, noise, lsun-resize, cifar_unknown, digits_unknown; "
+                            "test.py scores each of several names (also comma-separated), training validates "
+                            "on the first")
     group.add_argument("--input_height", type=int, default=28, help="image side: 28 for MNIST, 32 for CIFAR")
     add = _adder(group, hide_training)
     add("--batch_classes", type=int, default=10, help="B_c: classes per training batch")
@@ -102,8 +121,11 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_training_args(parser: argparse.ArgumentParser, hidden: bool = False) -> None:
-    """The losses, the optimiser, the margin schedule and fine-tuning (main.py)."""
+    """The objective, the losses, the optimiser, the margin schedule and fine-tuning (main.py)."""
     add = _adder(parser.add_argument_group("training"), hidden)
+    add("--objective", choices=("vmdls", "ce"), default="vmdls",
+        help="vmdls: the paper's losses; ce: a plain cross-entropy classifier on the same backbone, data and "
+             "schedule, the baseline for test.py --detector msp/energy/...")
     add("--kl_coeff", type=float, default=0.1, help="weight of the class KL loss")
     add("--lr", type=float, default=1e-4, help="learning rate")
     add("--opt", type=str, default="sgd", choices=["sgd", "adam"], help="optimiser (SGD: momentum 0.9, Nesterov)")

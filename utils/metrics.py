@@ -308,12 +308,55 @@ def threshold_table(scores, is_known, pred, labels, num_classes: int) -> pd.Data
                          "f1_macro": f1})
 
 
+def ood_positive_metrics(scores, is_known) -> Dict[str, float]:
+    """The figures with *unknown* as the positive class and -score as the outlier score,
+    as pytorch-ood (``pytorch_ood.metrics.functional``) and OpenOOD compute them, by calling
+    pytorch-ood's own functions:
+
+    - ``auroc_ood_positive``: equal to ``auroc`` (the AUROC does not depend on which side
+      is positive); reported so that tables can cite either convention;
+    - ``fpr_at_95_tpr_ood_positive``: the fraction of known images flagged as unknown at
+      the first threshold where 95 % of the unknown images are flagged; ``fpr_at_95_tpr``
+      is instead the fraction of unknown images accepted when 95 % of the known are;
+    - ``aupr_ood_positive``: the trapezoidal area under the precision-recall curve of the
+      unknown class (``sklearn.metrics.auc(recall, precision)``), where ``aupr_out`` is
+      scikit-learn's average precision of the same curve (a step sum).
+    """
+    import torch
+    from pytorch_ood.metrics import functional as ood
+
+    is_known = np.asarray(is_known, dtype=bool)
+    outlier = torch.as_tensor(-_as_scores(scores))
+    # pytorch-ood's labels: negative marks an unknown (OOD) image.
+    labels = torch.as_tensor(np.where(is_known, 0, -1))
+    return {
+        "auroc_ood_positive": float(ood.auroc(outlier, labels)),
+        "fpr_at_95_tpr_ood_positive": float(ood.fpr_at_tpr(outlier, labels, DEFAULT_TPR)),
+        "aupr_ood_positive": float(ood.aupr(outlier, labels, positive="ood")),
+    }
+
+
+def cauroc(scores, pred, labels, num_classes: int) -> float:
+    """The original's CAUROC, exactly: the AUROC of known against unknown in which the
+    known side holds only the correctly classified known images (its TPR is counted over
+    them); misclassified known images take no part. The original summed it over a
+    100,000-point threshold grid; here ties count half, as in ``auroc``. NaN when no
+    known image is classified correctly."""
+    scores, pred, labels = _prepare_f1_inputs(scores, pred, labels, num_classes)
+    is_known = labels < num_classes
+    kept = ~is_known | (pred == labels)
+    if not (is_known & kept).any():
+        return float("nan")
+    return float(roc_auc_score(is_known[kept], scores[kept]))
+
+
 def ood_metrics(scores, pred, labels, num_classes: int) -> Dict[str, float]:
     """All docs/method.md section 3 step 5 metrics; labels 0..K-1 known, K unknown.
 
     Keys: auroc, aupr_in, aupr_out, fpr_at_95_tpr, tnr_at_95_tpr, detection_accuracy,
     closed_set_accuracy, f1_macro_at_95_tpr (the paper's F1: macro-F1 over K+1 labels at
-    the 95%-TPR threshold), f1_macro_best, threshold_at_95_tpr, n_known, n_unknown.
+    the 95%-TPR threshold), f1_macro_best, threshold_at_95_tpr, n_known, n_unknown; the
+    original's ``cauroc``; and the unknown-positive figures of :func:`ood_positive_metrics`.
     Raises ValueError when there are no known or no unknown samples.
     """
     scores, pred, labels = _prepare_f1_inputs(scores, pred, labels, num_classes)
@@ -333,6 +376,8 @@ def ood_metrics(scores, pred, labels, num_classes: int) -> Dict[str, float]:
         "f1_macro_at_95_tpr": float(f1[g95]),
         "f1_macro_best": float(f1.max()),
         "threshold_at_95_tpr": threshold95,
+        "cauroc": cauroc(scores, pred, labels, num_classes),
+        **ood_positive_metrics(scores, is_known),
         "n_known": int(is_known.sum()),
         "n_unknown": int((~is_known).sum()),
     }

@@ -62,6 +62,51 @@ def plot_roc(fpr, tpr, auroc: float, path, fpr_at_95: Optional[float] = None,
     return _save(fig, path)
 
 
+def plot_roc_sets(curves: dict, path, title: str = "ROC: known vs each unknown set") -> str:
+    """One ROC curve per unknown set on one figure: ``curves`` maps a set's name to
+    ``(fpr, tpr, auroc)``; the legend gives each set's AUROC."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    colours = plt.get_cmap("tab10")
+    for i, (name, (fpr, tpr, auroc)) in enumerate(curves.items()):
+        ax.plot(_to_numpy(fpr), _to_numpy(tpr), color=colours(i % 10), lw=2, label=f"{name} (AUROC = {auroc:.4f})")
+    ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("False positive rate (unknown accepted)")
+    ax.set_ylabel("True positive rate (known accepted)")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_grouped_bars(values: dict, path, ylabel: str = "AUROC", title: str = "",
+                      errors: Optional[dict] = None, ylim: Optional[tuple] = None) -> str:
+    """Grouped bars: ``values[group][bar]`` (e.g. AUROC by method within each unknown set),
+    with optional error bars ``errors[group][bar]`` (e.g. the std over seeds)."""
+    groups = list(values)
+    bars = list(dict.fromkeys(bar for group in groups for bar in values[group]))
+    width = 0.8 / max(len(bars), 1)
+    positions = np.arange(len(groups))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * max(len(bars), 1) * 0.35 + 2), 4.5))
+    colours = plt.get_cmap("tab20" if len(bars) > 10 else "tab10")
+    for i, bar in enumerate(bars):
+        heights = [values[g].get(bar, np.nan) for g in groups]
+        yerr = [errors[g].get(bar, 0.0) for g in groups] if errors else None
+        ax.bar(positions + (i - (len(bars) - 1) / 2) * width, heights, width, yerr=yerr, capsize=2,
+               label=bar, color=colours(i % colours.N))
+    ax.set_xticks(positions)
+    ax.set_xticklabels(groups)
+    ax.set_ylabel(ylabel)
+    if ylim:
+        ax.set_ylim(*ylim)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize="small", ncol=2, loc="lower right")
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
 def plot_f1_curve(thresholds, f1, path, threshold_95: Optional[float] = None) -> str:
     """Macro-F1 over K+1 labels against the acceptance threshold.
 
