@@ -23,7 +23,7 @@ demo: install
 	  --unknown_dataset digits_unknown --class_num 6 --data_transforms mnist --input_height 28 \
 	  --batch_classes 6 --sample_count 16 --batch_size 512 --opt adam --lr 0.001 --kl_coeff 0.1 \
 	  --generation_epoch 1 --margins_epoch 1 --margin_jump 1.0 --margin_max_distance 32 \
-	  --lower_bound 0.05 --max_epochs 8 --accelerator cpu --num_workers 0 --offline \
+	  --lower_bound 0.05 --initial_sampling_std 0.14 --max_epochs 8 --accelerator cpu --num_workers 0 --offline \
 	  --output_dir $(DEMO_DIR)/train
 	$(PY) mnist_ae.py --known_dataset digits --class_num 6 --max_epochs 8 --accelerator cpu \
 	  --num_workers 0 --output_dir $(DEMO_DIR)/ae

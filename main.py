@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> str:
     matplotlib.use("Agg")
     import pytorch_lightning as pl
 
+    from models.checkpoints import SafeCheckpointIO
     from models.classifier import CrossEntropyClassifier
     from models.vmdls import VMDLS
     from models.weights import load_backbone_weights
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.checkpoint_path:
         from models.checkpoints import checkpoint_kind, read_checkpoint
 
-        kind = checkpoint_kind(read_checkpoint(args.checkpoint_path))
+        kind = checkpoint_kind(read_checkpoint(args.checkpoint_path, trust=args.trust_checkpoint))
         if kind != args.objective:
             raise UserError(f"--checkpoint_path {args.checkpoint_path!r} holds a model of --objective {kind}, "
                             f"not {args.objective}; resume it with --objective {kind}")
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> str:
     model_class = CrossEntropyClassifier if args.objective == "ce" else VMDLS
     model = model_class.from_args(args, in_channels=datamodule.image_shape[0])
     if args.weights and not args.checkpoint_path:
-        print(load_backbone_weights(model.encoder, args.weights).summary())
+        print(load_backbone_weights(model.encoder, args.weights, trust=args.trust_checkpoint).summary())
 
     write_json(os.path.join(output_dir, "args.json"), {"argv": sys.argv if argv is None else argv, **vars(args)})
     checkpoint_dir = os.path.join(output_dir, "checkpoints")
@@ -151,6 +152,7 @@ def main(argv: list[str] | None = None) -> str:
         **trainer_args, callbacks=callbacks, logger=loggers, default_root_dir=output_dir,
         use_distributed_sampler=False,  # the training batch samplers shard themselves across processes
         num_sanity_val_steps=0, log_every_n_steps=10, deterministic=False,
+        plugins=[SafeCheckpointIO(args.trust_checkpoint)],  # the resume load runs no code from the file
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=args.checkpoint_path)
 

@@ -116,7 +116,7 @@ def load_reconstruction_autoencoder(args):
             raise UserError(f"--ae_features needs the known dataset's autoencoder: pass --ae_checkpoint FILE or put "
                             f"it at {default_ae_checkpoint(args.known_dataset)} (train one with mnist_ae.py for "
                             "28x28 grey sets or train_resnet_ae.py for CIFAR)")
-        return load_autoencoder(args.ae_checkpoint)
+        return load_autoencoder(args.ae_checkpoint, trust=args.trust_checkpoint)
     return None
 
 
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
     from utils.loggers import atomic_path, build_loggers, log_files, write_json
     from utils.plots import plot_roc_sets
 
-    checkpoint = read_checkpoint(args.checkpoint_path)
+    checkpoint = read_checkpoint(args.checkpoint_path, trust=args.trust_checkpoint)
     kind = checkpoint_kind(checkpoint)
     args = resolve_settings(args, explicit_flags(parser, argv), checkpoint)
     detectors = parse_detectors(args, kind)

@@ -9,25 +9,44 @@ read from there, and keys the model does not take are ignored.
 """
 from __future__ import annotations
 
+from pytorch_lightning.plugins import TorchCheckpointIO
+
 from models.classifier import CrossEntropyClassifier
 from models.vmdls import VMDLS
 from utils.errors import UserError
 from utils.torch_files import as_plain_dict, read_torch_file
 
 # Keys of the original's checkpoints that this implementation does not hold: the CIFAR-10
-# autoencoder it always embedded (the autoencoder is a separate checkpoint here).
-_FOREIGN_PREFIXES = ("ae.",)
+# autoencoder it always embedded (the autoencoder is a separate checkpoint here) and the
+# kornia SIFT descriptor it built but never used for the score (``sift.pk.weight``).
+_FOREIGN_PREFIXES = ("ae.", "sift.")
 
 
-def read_checkpoint(path: str | None) -> dict:
+def read_checkpoint(path: str | None, trust: bool = False) -> dict:
+    """A Lightning checkpoint (ours or the original's) as a dict, read without running code
+    from it unless ``trust`` (--trust_checkpoint): see utils.torch_files."""
     if not path:
         raise UserError("no model to evaluate: give the checkpoint of a trained model (main.py prints the path "
                         "of the one it writes)", setting="checkpoint_path")
-    checkpoint = read_torch_file(path, "checkpoint", "give one written by main.py", setting="checkpoint_path")
+    checkpoint = read_torch_file(path, "checkpoint", "give one written by main.py", setting="checkpoint_path",
+                                 trust=trust)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"checkpoint {path!r} is not a Lightning checkpoint; give one written by main.py",
                         setting="checkpoint_path")
     return checkpoint
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint reader for resuming (main.py --checkpoint_path): reads through
+    utils.torch_files like every other checkpoint, so a resumed file runs no code unless
+    ``trust`` (--trust_checkpoint), whatever torch.load's default for weights_only."""
+
+    def __init__(self, trust: bool = False):
+        super().__init__()
+        self.trust = trust
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None, **kwargs) -> dict:
+        return read_checkpoint(str(path), trust=self.trust)
 
 
 # The data settings test.py takes from a checkpoint unless given on its command line.

@@ -25,8 +25,8 @@ from utils.errors import UserError
 # the memory of log_prob's [K, N, D] differences and of the jitter ladder's factorisations.
 _CHUNK_DOUBLES = 1 << 24
 
-# The jitter ladder gives up beyond this many steps (1e-6 * 2**40 ~ 1.1e6): a covariance
-# that needs a larger ridge than that is broken (NaN / Inf features), not ill-conditioned.
+# The original's ladder of steps ends here (1e-6 * 2**40 ~ 1.1e6); beyond it the ladder
+# continues relative to the features' variance (see fit_jitter), so features of any scale fit.
 DEFAULT_MAX_STEPS = 1 << 40
 # Largest K * N * D^2 (multiply-adds) for which an accelerator takes the one-hot update.
 ONE_HOT_WORK_LIMIT = 1 << 30
@@ -169,9 +169,34 @@ class ClassStatistics(torch.nn.Module):
 # Shared jitter (docs/method.md section 3 step 1)
 # --------------------------------------------------------------------------------------
 
+# The message of non-finite features: the model that produced them is what must change.
+NON_FINITE_FEATURES = ("the model's features hold NaN or infinite values: the checkpoint's weights are not usable "
+                       "(retrain, or give another checkpoint)")
+
+# The original's jitter is kept when it is at least this fraction of the features' mean
+# diagonal variance v: a smaller ridge drowns in the rounding of S in float64 (eps ~ 2e-16,
+# times the dimension, times the largest eigenvalue), where Cholesky may still succeed but
+# the log-densities lose their digits (features of scale >~ 1e4 around a singular S).
+ORIGINAL_JITTER_FLOOR = 1e-12
+# Otherwise the ladder continues at these multiples of v, then (for features whose offset
+# dwarfs their spread, where the rounding of S = E[xx^T] - mm^T follows the mean square)
+# of their mean diagonal second moment E[x_i^2]: the result does not depend on the scale.
+RELATIVE_RUNGS = tuple(10.0 ** e for e in range(-6, 1))
+
 
 def _classes_per_chunk(dim: int) -> int:
     return max(1, _CHUNK_DOUBLES // max(1, dim * dim))
+
+
+def _symmetric(covs: torch.Tensor) -> torch.Tensor:
+    """(S + S^T) / 2 in float64: exact no-op on a symmetric matrix."""
+    covs = covs.to(torch.float64)
+    return 0.5 * (covs + covs.transpose(-1, -2))
+
+
+def _check_finite(*tensors: torch.Tensor) -> None:
+    if not all(bool(torch.isfinite(t).all()) for t in tensors):
+        raise UserError(NON_FINITE_FEATURES, setting="checkpoint_path")
 
 
 def _all_factorise(covs: torch.Tensor, lam: float) -> bool:
@@ -185,28 +210,34 @@ def _all_factorise(covs: torch.Tensor, lam: float) -> bool:
     return True
 
 
-def smallest_working_step(covs: torch.Tensor, step: float = 1e-6,
-                          max_steps: int = DEFAULT_MAX_STEPS) -> int:
-    """The smallest k >= 0 with every S_c + k*step*I Cholesky-factorisable.
+def _factorise(covs: torch.Tensor, lam: float) -> Optional[torch.Tensor]:
+    """The Cholesky factors of S_c + lam I for every class, or None when one fails."""
+    eye = torch.eye(covs.shape[-1], dtype=covs.dtype, device=covs.device)
+    chol = torch.empty_like(covs)
+    step = _classes_per_chunk(covs.shape[-1])
+    for start in range(0, covs.shape[0], step):
+        factor, info = torch.linalg.cholesky_ex(covs[start:start + step] + lam * eye)
+        if bool((info != 0).any()):
+            return None
+        chol[start:start + step] = factor
+    return chol
+
+
+def _smallest_step_or_none(covs: torch.Tensor, step: float, max_steps: int) -> Optional[int]:
+    """The smallest k in 0..max_steps with every S_c + k*step*I factorisable (None if none).
 
     Exponential search then bisection on k (success is monotone in k: adding a ridge
     only raises eigenvalues), so a covariance that needs k ~ 1e6 costs ~40
     factorisations, not a million.
     """
-    covs = covs.to(torch.float64)
-    if not bool(torch.isfinite(covs).all()):
-        raise UserError("The class covariances contain NaN or Inf values, so the features "
-                        "(or an empty class) cannot be fitted with Gaussians.")
     if _all_factorise(covs, 0.0):
         return 0
     failing, working = 0, 1
     while not _all_factorise(covs, working * step):
         failing = working
-        working *= 2
-        if working > max_steps:
-            raise UserError(
-                f"No jitter up to {max_steps * step:g} makes every class covariance positive "
-                "definite; the features are probably broken (e.g. enormous values).")
+        if working >= max_steps:
+            return None
+        working = min(2 * working, max_steps)
     # Invariant: `failing` fails (or is 0, which failed above), `working` succeeds.
     while working - failing > 1:
         middle = (failing + working) // 2
@@ -217,30 +248,89 @@ def smallest_working_step(covs: torch.Tensor, step: float = 1e-6,
     return working
 
 
-def jitter_ladder(covs: torch.Tensor, step: float = 1e-6, extra_steps: int = 2,
-                  max_steps: int = DEFAULT_MAX_STEPS) -> float:
-    """The shared jitter lambda of docs/method.md section 3 step 1.
+def smallest_working_step(covs: torch.Tensor, step: float = 1e-6,
+                          max_steps: int = DEFAULT_MAX_STEPS) -> int:
+    """The smallest k >= 0 with every S_c + k*step*I Cholesky-factorisable: the original's
+    ladder alone (:func:`jitter_ladder` continues it). A UserError when no k up to
+    ``max_steps`` works, or when the covariances hold NaN or Inf."""
+    covs = _symmetric(covs)
+    _check_finite(covs)
+    k = _smallest_step_or_none(covs, step, max_steps)
+    if k is None:
+        raise UserError(f"No jitter up to {max_steps * step:g} makes every class covariance positive definite.")
+    return k
 
-    lambda = (k + extra_steps) * step, where k is the smallest integer >= 0 such that
-    Cholesky succeeds for S_c + k*step*I for every class c; the extra steps keep a margin
-    so that the factorisation is not on the edge of failure.
+
+def _mean_variance(covs: torch.Tensor) -> float:
+    return float(torch.diagonal(covs, dim1=-2, dim2=-1).abs().mean())
+
+
+def _relative_rungs(covs: torch.Tensor, means: Optional[torch.Tensor]) -> list[float]:
+    """The continuation of the ladder, ascending: RELATIVE_RUNGS times the mean diagonal
+    variance, then times the mean diagonal second moment (when the means are known)."""
+    diagonal = torch.diagonal(covs, dim1=-2, dim2=-1).abs()
+    scales = [float(diagonal.mean())]
+    if means is not None:
+        scales.append(float((diagonal + means.to(covs.dtype) ** 2).mean()))
+    rungs = sorted({scale * factor for scale in scales if 0.0 < scale < math.inf for factor in RELATIVE_RUNGS})
+    return [rung for rung in rungs if math.isfinite(rung)]
+
+
+def fit_jitter(covs: torch.Tensor, step: float = 1e-6, extra_steps: int = 2, max_steps: int = DEFAULT_MAX_STEPS,
+               means: Optional[torch.Tensor] = None) -> tuple[float, torch.Tensor]:
+    """The shared jitter lambda of docs/method.md section 3 step 1 and the Cholesky factors
+    of S_c + lambda I it was accepted with: ``(lambda, [K, D, D])``.
+
+    The covariances are symmetrised first. The original's ladder: the smallest k >= 0 (up
+    to ``max_steps``) such that Cholesky succeeds for S_c + k*step*I for every class c, and
+    lambda = (k + extra_steps) * step, the extra steps keeping a margin. It is kept when it
+    is at least ORIGINAL_JITTER_FLOOR times the features' mean diagonal variance v (so for
+    features of ordinary scale, always). Otherwise, or when no k up to ``max_steps``
+    works, the ladder continues relative to the features: lambda is the first of
+    RELATIVE_RUNGS (1e-6, 1e-5, ..., 1) times v, then times the features' mean diagonal
+    second moment (given ``means`` [K, D]), with which every class factorises. The factors
+    returned are those of that very factorisation, so the jitter reported is the one used;
+    should (k + extra_steps) * step itself fail (rounding at the edge can make it), the
+    ladder climbs on from there.
     """
-    k = smallest_working_step(covs, step=step, max_steps=max_steps)
-    return (k + extra_steps) * step
+    covs = _symmetric(covs)
+    _check_finite(covs, *(() if means is None else (means,)))
+    floor = ORIGINAL_JITTER_FLOOR * _mean_variance(covs)
+    k = _smallest_step_or_none(covs, step, max_steps)
+    # `failed`: the largest ridge known not to factorise (success is monotone in the ridge).
+    if k is None:
+        failed = max_steps * step
+    else:
+        failed = (k - 1) * step if k > 0 else -math.inf
+        rung = k + extra_steps
+        while rung * step >= floor and (rung <= max_steps or rung == k + extra_steps):
+            chol = _factorise(covs, rung * step)
+            if chol is not None:
+                return rung * step, chol
+            failed = rung * step
+            rung += max(1, rung - k)  # on up the original's ladder, doubling the distance from k
+    for lam in _relative_rungs(covs, means):
+        if lam > failed:
+            chol = _factorise(covs, lam)
+            if chol is not None:
+                return lam, chol
+            failed = lam
+    raise UserError(f"No jitter up to {max(failed, 0.0):g} makes every class covariance positive definite, so the "
+                    "features cannot be fitted with Gaussians.", setting="checkpoint_path")
+
+
+def jitter_ladder(covs: torch.Tensor, step: float = 1e-6, extra_steps: int = 2,
+                  max_steps: int = DEFAULT_MAX_STEPS, means: Optional[torch.Tensor] = None) -> float:
+    """The shared jitter lambda of docs/method.md section 3 step 1 (see :func:`fit_jitter`):
+    (k + extra_steps) * step for the smallest working k on the original's ladder when that
+    is at least ORIGINAL_JITTER_FLOOR times the features' mean variance, otherwise the
+    first working multiple of that variance (1e-6, 1e-5, ..., 1)."""
+    return fit_jitter(covs, step=step, extra_steps=extra_steps, max_steps=max_steps, means=means)[0]
 
 
 # --------------------------------------------------------------------------------------
 # The class Gaussians (docs/method.md section 3 steps 1-2; section 2 validation)
 # --------------------------------------------------------------------------------------
-
-
-def _cholesky_or_error(covs: torch.Tensor, lam: float) -> torch.Tensor:
-    eye = torch.eye(covs.shape[-1], dtype=covs.dtype, device=covs.device)
-    chol, info = torch.linalg.cholesky_ex(covs + lam * eye)
-    if bool((info != 0).any()):
-        raise UserError(f"Cholesky failed with jitter {lam:g}; the class covariances are not "
-                        "symmetric positive semi-definite.")
-    return chol
 
 
 class ClassGaussians:
@@ -280,9 +370,11 @@ class ClassGaussians:
             max_steps: int = DEFAULT_MAX_STEPS) -> "ClassGaussians":
         """Fit from per-class means [K, D] and covariances [K, D, D] (docs/method.md section 3 step 1).
 
-        The jitter is shared by all classes and searched only over the present ones;
-        absent classes (``present`` False, or non-finite mean) get an identity factor as
-        a placeholder and a log-density of -inf.
+        The jitter is shared by all classes and searched only over the present ones
+        (:func:`fit_jitter`); their factors are those the search accepted. Absent classes
+        (``present`` False, or non-finite mean) get an identity factor as a placeholder and
+        a log-density of -inf. NaN or Inf in a present class's mean or covariance is a
+        UserError: the features, hence the model's weights, are unusable.
         """
         means = means.to(torch.float64)
         covs = covs.to(torch.float64)
@@ -291,11 +383,12 @@ class ClassGaussians:
         present = present.to(device=means.device, dtype=torch.bool)
         if not bool(present.any()):
             raise UserError("No class has any sample, so no class Gaussian can be fitted.")
-        lam = jitter_ladder(covs[present], step=step, extra_steps=extra_steps,
-                            max_steps=max_steps)
+        _check_finite(means[present], covs[present])
+        lam, factors = fit_jitter(covs[present], step=step, extra_steps=extra_steps, max_steps=max_steps,
+                                  means=means[present])
         eye = torch.eye(means.shape[1], dtype=torch.float64, device=means.device)
         chol = eye.expand_as(covs).clone()
-        chol[present] = _cholesky_or_error(covs[present], lam)
+        chol[present] = factors
         means = torch.where(present.unsqueeze(1), means, torch.zeros_like(means))
         return cls(means, chol, lam, present)
 

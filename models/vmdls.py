@@ -61,6 +61,7 @@ class VMDLS(pl.LightningModule):
         finetune_epochs: int = 20,
         in_channels: int | None = None,
         kl_prior_means: str = "z",
+        initial_sampling_std: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -75,7 +76,10 @@ class VMDLS(pl.LightningModule):
         if self.encoder.feature_dim != enc_out_dim:
             raise UserError(f"enc_out_dim {enc_out_dim} does not match {enc_type}'s feature size "
                             f"{self.encoder.feature_dim}; set it to {self.encoder.feature_dim}", setting="enc_out_dim")
-        self.fc_mu, self.fc_var = make_heads(enc_out_dim, latent_dim)
+        if initial_sampling_std is not None and not initial_sampling_std > 0:
+            raise UserError(f"initial_sampling_std must be positive (got {initial_sampling_std}); e.g. 0.14",
+                            setting="initial_sampling_std")
+        self.fc_mu, self.fc_var = make_heads(enc_out_dim, latent_dim, initial_sampling_std)
         self.metric_loss = TripletDistancingLoss(margin=TRIPLET_MARGIN, neg_margin=INITIAL_MARGIN)
         self.epoch_stats = ClassStatistics(class_num, latent_dim)
         self.latent_stats = ClassStatistics(class_num, latent_dim)

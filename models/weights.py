@@ -32,9 +32,11 @@ class WeightsReport:
         return "\n".join(lines)
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """A state_dict from a file, possibly nested under 'state_dict' (Lightning, .pth.tar)."""
-    payload = read_torch_file(path, "weights file", "give a state_dict saved with torch.save", setting="weights")
+def read_state_dict(path: str, trust: bool = False) -> dict[str, torch.Tensor]:
+    """A state_dict from a file, possibly nested under 'state_dict' (Lightning, .pth.tar), read
+    without running code from it unless ``trust`` (--trust_checkpoint): see utils.torch_files."""
+    payload = read_torch_file(path, "weights file", "give a state_dict saved with torch.save", setting="weights",
+                              trust=trust)
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         payload = payload["state_dict"]
     if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -56,13 +58,13 @@ def _match_key(key: str, targets: dict[str, torch.Tensor]) -> str | None:
             return None
 
 
-def load_backbone_weights(backbone: nn.Module, path: str) -> WeightsReport:
+def load_backbone_weights(backbone: nn.Module, path: str, trust: bool = False) -> WeightsReport:
     """Copy the tensors of ``path`` into ``backbone`` by name; report what loaded and what not.
 
     Keys match by name, after dropping wrapper prefixes such as ``module.`` (DataParallel)
     and ``encoder.`` (a whole VMDLS checkpoint).
     """
-    source = read_state_dict(path)
+    source = read_state_dict(path, trust=trust)
     target = backbone.state_dict()
     report = WeightsReport()
     matched: dict[str, torch.Tensor] = {}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from scipy.stats import multivariate_normal
+from scipy.stats import Covariance, multivariate_normal
 
 from models.gaussians import ClassGaussians, ClassStatistics, jitter_ladder, quantile_bounds, smallest_working_step
 from utils.errors import UserError
@@ -143,6 +143,117 @@ def test_log_prob_chunks_and_singular_fit_from_statistics(monkeypatch):
         ref = multivariate_normal(means[c], covs[c] + gaussians.jitter * np.eye(dim),
                                   allow_singular=True).logpdf(x)
         np.testing.assert_allclose(logp[:, c].numpy(), ref, rtol=1e-6)
+
+
+# ---- any finite features: scale, rank, the jitter used --------------------------------
+
+
+def rank_deficient_statistics(scale, seed=11, per_class=5, dim=20, num_classes=3):
+    """5 images per class in 20 dimensions (rank 4 per class), offset from the origin."""
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(per_class * num_classes, dim)) + 3 * rng.normal(size=dim)) * scale
+    y = np.repeat(np.arange(num_classes), per_class)
+    stats = ClassStatistics(num_classes, dim)
+    stats.update(torch.tensor(x), torch.tensor(y))
+    probe = (rng.normal(size=(10, dim)) + 3 * rng.normal(size=dim)) * scale
+    return stats, np.r_[x, probe]
+
+
+def scipy_log_probs(means, covs, jitter, x, plain=True):
+    """scipy's multivariate_normal on S_c + jitter I. With plain=False the covariance goes in
+    through its eigendecomposition, which skips scipy's own singularity test (it calls a
+    matrix singular below a condition number of ~4e9; the original's jitter on features of
+    scale 1e3 leaves ~1e12, which float64 still evaluates to ~4 digits)."""
+    eye = np.eye(covs.shape[-1])
+    out = []
+    for mean, cov in zip(means, covs):
+        jittered = cov + jitter * eye
+        if plain:
+            out.append(multivariate_normal(mean, jittered).logpdf(x))
+        else:
+            out.append(multivariate_normal(mean, Covariance.from_eigendecomposition(np.linalg.eigh(jittered))).logpdf(x))
+    return np.stack(out, axis=1)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3, 1e6, 1e9, 1e12])
+def test_rank_deficient_features_of_any_scale_fit_and_match_scipy(scale):
+    stats, x = rank_deficient_statistics(scale)
+    gaussians = ClassGaussians.from_statistics(stats)
+    logp = gaussians.log_prob(torch.tensor(x)).numpy()
+    assert np.isfinite(logp).all()
+    means, covs = stats.means().numpy(), stats.covariances().numpy()
+    # The jitter reported is the one the factors hold: L L^T = S_c + jitter I.
+    chol = gaussians.chol
+    np.testing.assert_allclose((chol @ chol.transpose(1, 2)).numpy(), covs + gaussians.jitter * np.eye(20),
+                               rtol=1e-9, atol=1e-12 * np.abs(covs).max())
+    np.testing.assert_allclose(logp, scipy_log_probs(means, covs, gaussians.jitter, x, plain=False), rtol=1e-3)
+    if scale != 1e3:  # well enough conditioned for scipy's own test: compare tightly
+        np.testing.assert_allclose(logp, scipy_log_probs(means, covs, gaussians.jitter, x), rtol=1e-7)
+
+
+def test_the_ladder_keeps_the_original_steps_and_continues_relative_to_the_variance():
+    for scale in (1e-3, 1.0, 1e3):  # the original's steps suffice: (k + 2) * 1e-6
+        stats, _ = rank_deficient_statistics(scale)
+        k = smallest_working_step(stats.covariances())
+        assert ClassGaussians.from_statistics(stats).jitter == pytest.approx((k + 2) * 1e-6)
+    # Beyond them the jitter is 1e-6 times the mean variance: the same Gaussians at every scale,
+    # the log-densities shifted by -D log(scale) and the decisions unchanged.
+    reference = None
+    for scale in (1e6, 1e9, 1e12):
+        stats, x = rank_deficient_statistics(scale)
+        gaussians = ClassGaussians.from_statistics(stats)
+        variance = torch.diagonal(stats.covariances(), dim1=-2, dim2=-1).mean().item()
+        assert gaussians.jitter == pytest.approx(1e-6 * variance, rel=1e-12)
+        logp = gaussians.log_prob(torch.tensor(x)).numpy() + 20 * np.log(scale)
+        if reference is None:
+            reference = logp
+        np.testing.assert_allclose(logp, reference, rtol=1e-6)
+
+
+def test_the_jitter_returned_is_the_one_whose_factorisation_succeeded(monkeypatch):
+    """Should (k + 2) * step fail to factorise (rounding at the edge), the ladder climbs on and
+    reports the jitter it factorised with, never one it did not use."""
+    import models.gaussians as gaussian_module
+
+    stats, x = rank_deficient_statistics(1.0)
+    k = smallest_working_step(stats.covariances())
+    real = gaussian_module._factorise
+    refused = []
+
+    def refuse_the_first_candidate(covs, lam):
+        if lam == pytest.approx((k + 2) * 1e-6) and not refused:
+            refused.append(lam)
+            return None
+        return real(covs, lam)
+
+    monkeypatch.setattr(gaussian_module, "_factorise", refuse_the_first_candidate)
+    gaussians = ClassGaussians.from_statistics(stats)
+    assert refused and gaussians.jitter == pytest.approx((k + 4) * 1e-6)  # twice as far from k
+    logp = gaussians.log_prob(torch.tensor(x)).numpy()
+    np.testing.assert_allclose(logp, scipy_log_probs(stats.means().numpy(), stats.covariances().numpy(),
+                                                     gaussians.jitter, x), rtol=1e-7)
+
+
+def test_fit_symmetrises_the_covariances():
+    rng = np.random.default_rng(12)
+    covs = np.stack([random_spd(rng, 4) for _ in range(2)])
+    skewed = covs + np.triu(np.full((4, 4), 1e-9), 1)  # asymmetric by rounding-sized amounts
+    gaussians = ClassGaussians.fit(torch.zeros(2, 4, dtype=torch.float64), torch.tensor(skewed))
+    symmetric = 0.5 * (skewed + skewed.transpose(0, 2, 1))
+    chol = gaussians.chol.numpy()
+    np.testing.assert_allclose(chol @ chol.transpose(0, 2, 1), symmetric + gaussians.jitter * np.eye(4), rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_features_are_one_sentence_naming_the_checkpoint(bad):
+    stats, _ = rank_deficient_statistics(1.0)
+    x = torch.randn(6, 20, dtype=torch.float64)
+    x[2, 5] = bad
+    stats.update(x, torch.tensor([0, 1, 2, 0, 1, 2]))
+    with pytest.raises(UserError, match="NaN or infinite") as info:
+        ClassGaussians.from_statistics(stats)
+    assert info.value.setting == "checkpoint_path" and "\n" not in str(info.value)
+    assert "(change --checkpoint_path)" in info.value.for_command_line()
 
 
 # ---- quantile bounds --------------------------------------------------------------------

@@ -159,3 +159,37 @@ def test_finetune_trains_heads_first_then_everything(tmp_path):
     both = load(train(tmp_path / "b", "--max_epochs", "2", *args))["state_dict"]
     changed = [k for k, v in weights.items() if v.is_floating_point() and not torch.equal(both[f"encoder.{k}"], v)]
     assert changed, "the backbone should train after the head-only epochs"
+
+
+def makefile_command(script: str, output_dir) -> list[str]:
+    """The arguments `make demo` gives ``script`` (read from the Makefile, so the test runs
+    exactly the demo's data and schedule)."""
+    import re
+    import shlex
+
+    text = open(os.path.join(os.path.dirname(__file__), "..", "Makefile")).read().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if re.search(rf"\$\(PY\) {re.escape(script)}\b", line))
+    argv = shlex.split(line.split(script, 1)[1].replace("$(DEMO_DIR)", str(output_dir)))
+    return argv
+
+
+def test_initial_sampling_std_sets_the_starting_std():
+    model = make_model(initial_sampling_std=0.14)
+    assert torch.allclose(torch.exp(0.5 * model.fc_var.bias), torch.full((4,), 0.14))
+    with pytest.raises(ValueError, match="initial_sampling_std must be positive"):
+        make_model(initial_sampling_std=0.0)
+
+
+def test_on_the_demos_data_and_schedule_the_latent_learns_the_classes(tmp_path):
+    """The validation Gaussians of mu classify the known digits well above chance (1/6) at
+    the demo's last epoch, and better than after its first."""
+    argv = makefile_command("main.py", tmp_path)
+    assert "--initial_sampling_std" in argv and "--max_epochs" in argv
+    train_script.main(argv + ["--logger", "csv"])
+    frame = pd.read_csv(tmp_path / "train" / "metrics.csv")
+    accuracy = frame.dropna(subset=["val_accuracy_known"]).groupby("epoch")["val_accuracy_known"].last()
+    separation = frame.dropna(subset=["latent_class_separation"]).groupby("epoch")["latent_class_separation"].last()
+    assert len(accuracy) == int(argv[argv.index("--max_epochs") + 1])
+    assert accuracy.iloc[-1] > 0.6 and accuracy.iloc[-1] > accuracy.iloc[0]
+    std = frame.dropna(subset=["latent_sampling_std"]).groupby("epoch")["latent_sampling_std"].last()
+    assert separation.iloc[-1] > 3 * std.iloc[-1]

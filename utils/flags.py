@@ -62,6 +62,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
              "neptune when its client is installed and configured); metrics.csv is written whatever they are")
     add("--offline", action="store_true", help="keep the loggers offline (Neptune's and W&B's offline modes)")
     add("--neptune_project", type=str, default=None, help="Neptune project (or the NEPTUNE_PROJECT variable)")
+    add("--trust_checkpoint", action="store_true",
+        help="load checkpoint/weights files that need arbitrary Python objects (runs code from the file: only for "
+             "files you trust)")
 
 
 def add_known_data_args(group_or_parser, *, known_dataset: str = "mnist", data_transforms: str = "mnist",
@@ -134,6 +137,9 @@ def add_training_args(parser: argparse.ArgumentParser, hidden: bool = False) -> 
     add("--generation_epoch", type=int, default=20, help="first epoch with the KL loss")
     add("--kl_prior_means", choices=("z", "mu"), default="z",
         help="the KL prior's class means: of the sampled z over the previous epoch (the original) or of mu")
+    add("--initial_sampling_std", type=float, default=None,
+        help="start the sampling std exp(log_var / 2) near this value (fc_var's bias); default: PyTorch's "
+             "initialisation, the original's, which starts it near 1")
     add("--lower_bound", type=float, default=0.05,
         help="quantile of the class bounds used by the validation diagnostics")
     add("--margin_max_distance", type=float, default=32, help="largest distancing margin M_d")

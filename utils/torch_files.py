@@ -1,13 +1,35 @@
-"""Reading files written by torch.save, with one-sentence errors for the user.
+"""Reading files written by torch.save safely, with one-sentence errors for the user.
 
-Checkpoints from the original implementation were pickled with classes of Lightning 1.1
-and pl_bolts that no longer exist. Only their tensors and plain values matter here, so
-a missing class is replaced by a placeholder instead of failing the whole load.
+Unpickling can run any Python callable a file names, so by default nothing from a file is
+called unless it is on an allow-list of plain types (``ALLOWED``):
+
+1. ``torch.load(..., weights_only=True)``, with the allow-list's plain types added for the
+   duration of the call (``torch.serialization.safe_globals``): torch's own restricted
+   unpickler, which reads every checkpoint this project writes.
+2. When that refuses the file (the original implementation's checkpoints pickle classes
+   of Lightning 1.1 and pl_bolts, or dict subclasses such as Lightning's AttributeDict,
+   which torch's unpickler cannot build), a restricted unpickler of our own
+   (``_SafeUnpickler``) reads it: a global on the allow-list is the real object; a class
+   of the frameworks the original pickled (``STAND_IN_PACKAGES``) or of a module that is
+   not installed becomes an inert placeholder (``_MissingClass``), whose construction
+   ignores its arguments and stores its pickled state as data; anything else (os.system,
+   builtins.eval, any other callable) refuses the file with a UserError naming
+   --trust_checkpoint.
+
+With ``trust=True`` (--trust_checkpoint) a file is read with ``weights_only=False``: it
+may run code, so only for files one trusts. Missing classes still become placeholders.
 """
 from __future__ import annotations
 
+import _compat_pickle
+import collections
+import contextlib
+import functools
+import importlib.util
 import os
+import pathlib
 import pickle
+import sys
 import types
 from argparse import Namespace
 
@@ -15,9 +37,82 @@ import torch
 
 from utils.errors import UserError
 
+TRUST_FLAG = "--trust_checkpoint"
+
+# Top-level packages whose pickled classes and functions are replaced by inert placeholders
+# instead of being imported: the frameworks the original implementation's checkpoints
+# pickle (Lightning 1.1 callbacks, pl_bolts, OmegaConf, Neptune) and the original
+# repository's own packages. Nothing of these is needed to read weights and settings.
+STAND_IN_PACKAGES = frozenset({
+    "pytorch_lightning", "lightning", "lightning_fabric", "pl_bolts", "omegaconf", "neptune", "neptunecontrib",
+    "models", "losses", "data",
+})
+
+
+def _numpy_globals() -> dict[str, object]:
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a requirement
+        return {}
+    core = getattr(np, "_core", None) or np.core
+    out = {"numpy.dtype": np.dtype, "numpy.ndarray": np.ndarray}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):  # numpy 1.x and 2.x pickles
+        out[f"{module}.scalar"] = core.multiarray.scalar
+        out[f"{module}._reconstruct"] = core.multiarray._reconstruct
+    return out
+
+
+def _attribute_dict_globals() -> dict[str, object]:
+    """Lightning's AttributeDict (a plain dict subclass; hparams of Lightning 1.x), imported
+    by us, not at the file's request. Lightning is a requirement of every script."""
+    try:
+        from pytorch_lightning.utilities.parsing import AttributeDict
+    except ImportError:  # pragma: no cover
+        return {}
+    names = ("pytorch_lightning.utilities.parsing.AttributeDict", "lightning_fabric.utilities.data.AttributeDict",
+             "lightning.fabric.utilities.data.AttributeDict", "lightning.pytorch.utilities.parsing.AttributeDict")
+    return {name: AttributeDict for name in names}
+
+
+# The plain types a checkpoint or weights file may hold besides tensors, by pickled name.
+# Each builds a value from its arguments and runs nothing else. torch's own list (tensors,
+# storages, dtypes, OrderedDict, Counter, torch.Size, torch.device, the tensor rebuild
+# functions, _codecs.encode, set, bytearray, complex) is added in _allowed().
+_PLAIN: dict[str, object] = {
+    "argparse.Namespace": Namespace,
+    "collections.OrderedDict": collections.OrderedDict,
+    "collections.defaultdict": collections.defaultdict,
+    "collections.Counter": collections.Counter,
+    **{f"builtins.{t.__name__}": t for t in (list, dict, tuple, set, frozenset, int, float, complex, str, bool,
+                                             bytearray)},
+    **{f"{module}.{cls.__name__}": cls for module in ("pathlib", "pathlib._local")
+       for cls in (pathlib.PosixPath, pathlib.PurePosixPath, pathlib.PureWindowsPath)},
+    "torch.torch_version.TorchVersion": torch.torch_version.TorchVersion,
+}
+
+
+@functools.lru_cache(maxsize=1)
+def _allowed() -> dict[str, object]:
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals
+        torch_own = dict(_get_allowed_globals())
+    except (ImportError, AttributeError):  # pragma: no cover - torch < 1.13
+        torch_own = {}
+    return {**torch_own, **_PLAIN, **_numpy_globals(), **_attribute_dict_globals()}
+
+
+def allowed_names() -> list[str]:
+    """The allow-list: the pickled names a file may use without --trust_checkpoint."""
+    return sorted(_allowed())
+
 
 class _MissingClass(dict):
-    """Stands in, while unpickling an old checkpoint, for a class that no longer exists."""
+    """An inert stand-in for a pickled class or function that is not loaded: building it
+    ignores its arguments, and its pickled state and items are kept as data. Being a dict,
+    it reads as an empty set of hyperparameters where one stood for them."""
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(cls)
 
     def __init__(self, *args, **kwargs):
         super().__init__()
@@ -25,39 +120,125 @@ class _MissingClass(dict):
     def __setstate__(self, state):
         self.__dict__["_pickled_state"] = state
 
+    def append(self, item):
+        self.__dict__.setdefault("_pickled_items", []).append(item)
+
+    def extend(self, items):
+        for item in items:
+            self.append(item)
+
+
+@functools.lru_cache(maxsize=None)
+def _placeholder(module: str, name: str) -> type:
+    return type(name, (_MissingClass,), {"__module__": "vmdls_missing." + module})
+
+
+class UntrustedGlobal(pickle.UnpicklingError):
+    """The file names a global outside the allow-list, which only running it could rebuild."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+def _python2_name(module: str, name: str) -> tuple[str, str]:
+    """Protocol-2 pickles written by Python 2 name __builtin__, copy_reg...: Python 3's
+    names, as pickle's own find_class maps them."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+def _installed(top: str) -> bool:
+    """Whether top-level module ``top`` can be imported; looks it up without importing it."""
+    if top in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Resolves globals only from the allow-list, or to placeholders (see the module doc).
+
+    Every callable a pickle can invoke (REDUCE, NEWOBJ, BUILD's __setstate__, INST, OBJ)
+    comes from find_class, so the file can call allow-listed constructors and placeholders
+    and nothing else."""
+
+    def find_class(self, module, name):
+        module, name = _python2_name(module, name)
+        full = f"{module}.{name}"
+        allowed = _allowed()
+        if full in allowed:
+            return allowed[full]
+        top = module.partition(".")[0]
+        if top.isidentifier() and (top in STAND_IN_PACKAGES or not _installed(top)):
+            return _placeholder(module, name)
+        raise UntrustedGlobal(full)
+
 
 class _LenientUnpickler(pickle.Unpickler):
+    """--trust_checkpoint: any global, and a placeholder where it no longer exists."""
+
     def find_class(self, module, name):
         try:
             return super().find_class(module, name)
         except (ImportError, AttributeError):
-            return type(name, (_MissingClass,), {"__module__": "vmdls_missing." + module})
+            return _placeholder(module, name)
 
 
-def _lenient_pickle_module() -> types.ModuleType:
-    module = types.ModuleType("vmdls_lenient_pickle")
+def _pickle_module(unpickler: type) -> types.ModuleType:
+    module = types.ModuleType(f"vmdls_{unpickler.__name__.strip('_').lower()}")
     module.__dict__.update({k: v for k, v in pickle.__dict__.items() if not k.startswith("__")})
-    module.Unpickler = _LenientUnpickler
-    module.load = lambda file, **kw: _LenientUnpickler(file, **kw).load()
+    module.Unpickler = unpickler
+    module.load = lambda file, **kw: unpickler(file, **kw).load()
     return module
 
 
-def _load(path: str, map_location):
+def _weights_only_context():
+    """The plain types added to torch's weights_only allow-list for one load (scoped)."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:  # torch < 2.5: its default list
+        return contextlib.nullcontext()
+    plain = [obj for name, obj in _PLAIN.items() if name == f"{obj.__module__}.{obj.__qualname__}"]
+    return safe_globals(plain)
+
+
+def load_torch_file(path: str, map_location="cpu", trust: bool = False):
+    """torch.load ``path`` without running code from it (see the module doc); with ``trust``,
+    as torch.load(weights_only=False) does. Raises UntrustedGlobal for a file that needs
+    more than the allow-list."""
+    if trust:
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except (ImportError, AttributeError):
+            return torch.load(path, map_location=map_location, weights_only=False,
+                              pickle_module=_pickle_module(_LenientUnpickler))
     try:
-        return torch.load(path, map_location=map_location, weights_only=False)
-    except (ImportError, AttributeError):
-        return torch.load(path, map_location=map_location, weights_only=False,
-                          pickle_module=_lenient_pickle_module())
+        with _weights_only_context():
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # beyond torch's unpickler: ours decides, with placeholders for the original's classes
+    # weights_only=False only because torch refuses a pickle_module with weights_only=True:
+    # _SafeUnpickler is the restriction.
+    return torch.load(path, map_location=map_location, weights_only=False,
+                      pickle_module=_pickle_module(_SafeUnpickler))
 
 
-def read_torch_file(path: str | None, label: str, remedy: str, map_location="cpu", setting: str | None = None):
-    """torch.load ``path``; a missing or unreadable file is a UserError naming it by
-    ``label`` (what the file is) and ending with ``remedy`` (what to give instead);
-    ``setting`` is the parameter the path came from."""
+def read_torch_file(path: str | None, label: str, remedy: str, map_location="cpu", setting: str | None = None,
+                    trust: bool = False):
+    """torch.load ``path`` (see :func:`load_torch_file`); a missing, unreadable or untrusted
+    file is a UserError naming it by ``label`` (what the file is) and ending with ``remedy``
+    (what to give instead); ``setting`` is the parameter the path came from."""
     if not path or not os.path.isfile(path):
         raise UserError(f"{label} {path!r} does not exist; {remedy}", setting=setting)
     try:
-        return _load(path, map_location)
+        return load_torch_file(path, map_location, trust)
+    except UntrustedGlobal as refused:
+        raise UserError(f"{label} {path!r} holds Python objects beyond plain tensors and settings ({refused.name}), "
+                        f"and loading them would run code from the file; pass {TRUST_FLAG} to load it anyway, "
+                        "only if you trust the file", setting="trust_checkpoint") from None
     except Exception as error:
         raise UserError(f"{label} {path!r} could not be read ({type(error).__name__}); {remedy}",
                         setting=setting) from None

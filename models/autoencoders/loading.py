@@ -55,12 +55,15 @@ def _from_original_checkpoint(state: dict, hparams: dict) -> AutoEncoder | None:
                        latent_dim=latent_dim, data_transforms=transforms)
 
 
-def load_autoencoder(path: str, map_location="cpu", label: str = "--ae_checkpoint") -> AutoEncoder:
+def load_autoencoder(path: str, map_location="cpu", label: str = "--ae_checkpoint",
+                     trust: bool = False) -> AutoEncoder:
     """Load an autoencoder checkpoint (ours, or the original's) in eval mode with frozen weights.
 
     ``label`` names where ``path`` came from (a flag, a setting); the error messages start with it.
+    The file is read without running code from it unless ``trust`` (--trust_checkpoint): see
+    utils.torch_files.
     """
-    checkpoint = read_torch_file(path, label, _TRAIN_HINT, map_location)
+    checkpoint = read_torch_file(path, label, _TRAIN_HINT, map_location, trust=trust)
     not_ae = f"{label} {path!r} is not an autoencoder checkpoint; {_TRAIN_HINT}"
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(not_ae)
