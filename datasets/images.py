@@ -150,16 +150,36 @@ def open_image(path: str) -> Image.Image:
         raise UserError(f"Cannot read the image {path} ({exc}): remove or replace that file.") from None
 
 
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def list_images(root: str) -> list[str]:
-    """Every image file under ``root`` (recursively), in sorted path order."""
-    found = []
+    """Every image file under ``root`` (recursively), in sorted path order, each file once.
+
+    Symbolic links are followed, except a link to a folder already walked or to one that
+    holds the folder it sits in (a loop); two names of one file (by its real path) count
+    once, the first in sorted order."""
+    found, walked, files = [], set(), set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        real = os.path.realpath(dirpath)
+        if real in walked:
+            dirnames[:] = []
+            continue
+        walked.add(real)
+        dirnames[:] = [d for d in sorted(dirnames) if not d.startswith(".")
+                       and not _inside(real, os.path.realpath(os.path.join(dirpath, d)))]
         for name in filenames:
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
                 found.append(os.path.join(dirpath, name))
     found.sort(key=lambda p: os.path.relpath(p, root).split(os.sep))
-    return found
+    unique = []
+    for path in found:
+        real = os.path.realpath(path)
+        if real not in files:
+            files.add(real)
+            unique.append(path)
+    return unique
 
 
 # --------------------------------------------------------------------------------------

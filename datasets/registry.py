@@ -345,13 +345,26 @@ def _folder_known(path: str, data_dir: str, class_num: int, train: bool) -> Imag
     classes = classes[:class_num]
 
     def gather(root: str) -> tuple[list[str], list[int]]:
-        paths, labels = [], []
+        paths, labels, owner = [], [], {}
         for c, cls in enumerate(classes):
             found = list_images(os.path.join(root, cls)) if os.path.isdir(os.path.join(root, cls)) else []
+            for image in found:
+                real = os.path.realpath(image)
+                if real in owner:
+                    raise UserError(
+                        f"The image {real} is in two classes of {root} ('{classes[owner[real]]}' and '{cls}', "
+                        "through a symbolic link): keep each image in one class folder.", setting="known_dataset")
+                owner[real] = c
             paths += found
             labels += [c] * len(found)
         return paths, labels
 
+    if presplit:
+        shared = {os.path.realpath(p) for p in gather(shape_root)[0]} & {
+            os.path.realpath(p) for p in gather(os.path.join(path, test_dir))[0]}
+        if shared:
+            raise UserError(f"The image {sorted(shared)[0]} is in both the train and the {test_dir} split of {path} "
+                            "(through a symbolic link): keep each image in one split.", setting="known_dataset")
     first, _ = gather(shape_root)
     if not first:
         raise UserError(

@@ -491,3 +491,49 @@ def test_missing_files_name_data_dir(tmp_path):
         with pytest.raises(UserError) as err:
             fn()
         _names_setting(err, "data_dir")
+
+
+# ----------------------------------------------------------------------------- symbolic links
+def test_a_symlink_loop_in_an_unknown_folder_counts_each_image_once(tmp_path):
+    from datasets.registry import get_unknown_dataset
+
+    write_images(tmp_path / "set" / "a", 3, size=(8, 8), mode="L")
+    os.symlink(tmp_path / "set", tmp_path / "set" / "a" / "loop")      # a loop back to the root
+    os.symlink(tmp_path / "set" / "a", tmp_path / "set" / "alias")     # a second name of a folder
+    os.symlink(tmp_path / "set" / "a" / "img_000.png", tmp_path / "set" / "a" / "same.png")
+    unknown = get_unknown_dataset(f"folder:{tmp_path / 'set'}", str(tmp_path), 2, (1, 8, 8))
+    assert len(unknown) == 3
+    assert sorted(os.path.basename(p) for p in unknown.paths) == ["img_000.png", "img_001.png", "img_002.png"]
+
+
+def test_a_symlink_loop_in_a_known_class_pulls_in_no_other_class(tmp_path):
+    from datasets.registry import get_known_dataset
+
+    root = tmp_path / "known"
+    for c in ("a", "b"):
+        write_images(root / c, 5, size=(8, 8), mode="L", seed=ord(c))
+    os.symlink(root, root / "a" / "loop")
+    train = get_known_dataset(f"folder:{root}", str(tmp_path), 2, train=True)
+    test = get_known_dataset(f"folder:{root}", str(tmp_path), 2, train=False)
+    assert len(train) + len(test) == 10
+    assert not {os.path.realpath(p) for p in train.paths} & {os.path.realpath(p) for p in test.paths}
+    for dataset in (train, test):
+        for path, label in zip(dataset.paths, dataset.targets.tolist()):
+            assert os.path.basename(os.path.dirname(os.path.realpath(path))) == "ab"[label]
+
+
+@pytest.mark.parametrize("link,words", [
+    (("a", "to_b", "b"), "in two classes"),
+    (("train/a", "from_test", "test/a"), "in both the train and the test split"),
+])
+def test_one_image_in_two_classes_or_splits_is_one_sentence(tmp_path, link, words):
+    from datasets.registry import get_known_dataset
+
+    root = tmp_path / "known"
+    presplit = link[0].startswith("train")
+    for split in (("train", "test") if presplit else ("",)):
+        for c in ("a", "b"):
+            write_images(root / split / c, 5, size=(8, 8), mode="L", seed=ord(c))
+    os.symlink(root / link[2], root / link[0] / link[1])
+    with pytest.raises(UserError, match=words):
+        get_known_dataset(f"folder:{root}", str(tmp_path), 2, train=True)
