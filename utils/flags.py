@@ -62,6 +62,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
              "neptune when its client is installed and configured); metrics.csv is written whatever they are")
     add("--offline", action="store_true", help="keep the loggers offline (Neptune's and W&B's offline modes)")
     add("--neptune_project", type=str, default=None, help="Neptune project (or the NEPTUNE_PROJECT variable)")
+    add("--overwrite", action="store_true",
+        help="replace the previous run's files in --output_dir (without it, a folder that already holds a run is "
+             "refused)")
     add("--trust_checkpoint", action="store_true",
         help="load checkpoint/weights files that need arbitrary Python objects (runs code from the file: only for "
              "files you trust)")
@@ -120,7 +123,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     add("--maxpool1", action="store_true", help="ResNet: a max-pool after the stem")
     add("--enc_out_dim", type=int, default=512,
         help="backbone feature size: 500/1024/512/2048/342/640 for mnist-conv/vgg/resnet18/resnet50/densenet/wresnet")
-    add("--latent_dim", type=int, default=256, help="size of the latent mu and z")
+    add("--latent_dim", type=positive(int), default=256, help="size of the latent mu and z")
 
 
 def add_training_args(parser: argparse.ArgumentParser, hidden: bool = False) -> None:
@@ -130,9 +133,9 @@ def add_training_args(parser: argparse.ArgumentParser, hidden: bool = False) -> 
         help="vmdls: the paper's losses; ce: a plain cross-entropy classifier on the same backbone, data and "
              "schedule, the baseline for test.py --detector msp/energy/...")
     add("--kl_coeff", type=float, default=0.1, help="weight of the class KL loss")
-    add("--lr", type=float, default=1e-4, help="learning rate")
+    add("--lr", type=positive(float), default=1e-4, help="learning rate")
     add("--opt", type=str, default="sgd", choices=["sgd", "adam"], help="optimiser (SGD: momentum 0.9, Nesterov)")
-    add("--step_size", type=int, default=100, help="StepLR period in epochs")
+    add("--step_size", type=positive(int), default=100, help="StepLR period in epochs")
     add("--step_gamma", type=float, default=0.1, help="StepLR factor")
     add("--generation_epoch", type=int, default=20, help="first epoch with the KL loss")
     add("--kl_prior_means", choices=("z", "mu"), default="z",
@@ -149,7 +152,7 @@ def add_training_args(parser: argparse.ArgumentParser, hidden: bool = False) -> 
         help="first epoch at which M_d grows")
     add("--weights", default=None, type=str, help="backbone weights (a state_dict file) to start from")
     add("--finetune", action="store_true", help="with --weights: train only the heads first")
-    add("--finetune_lr", type=float, default=1e-4, help="learning rate of the heads-only phase")
+    add("--finetune_lr", type=positive(float), default=1e-4, help="learning rate of the heads-only phase")
     add("--finetune_epochs", type=int, default=20, help="epochs of the heads-only phase (the paper: 20)")
     # Accepted for compatibility; the original parsed them but the method does not use them.
     for name, default in (("--cov_scaling", 5.0), ("--recon_weight", 0.1), ("--gen_weight", 0.5)):
@@ -159,8 +162,8 @@ def add_training_args(parser: argparse.ArgumentParser, hidden: bool = False) -> 
 def add_trainer_args(parser: argparse.ArgumentParser, max_epochs: int | None = None, hidden: bool = False) -> None:
     """Lightning's loop settings that the original README uses, plus the modern ones."""
     add = _adder(parser.add_argument_group("trainer"), hidden)
-    add("--strategy", type=str, default="auto", help="auto, ddp, ...")
-    add("--precision", type=str, default="32-true", help="32-true, 16-mixed, bf16-mixed, ...")
+    add("--strategy", type=strategy_name, default="auto", help="auto, ddp, ... (Lightning's strategy registry)")
+    add("--precision", type=precision_name, default="32-true", help="32-true, 16-mixed, bf16-mixed, ...")
     add("--max_epochs", type=int, default=max_epochs, help="epochs to train")
     add("--max_steps", type=int, default=-1, help="stop after this many steps (-1: no limit)")
     add("--fast_dev_run", type=fast_dev_run_value, nargs="?", const=True, default=False,
@@ -170,8 +173,55 @@ def add_trainer_args(parser: argparse.ArgumentParser, max_epochs: int | None = N
     add("--num_nodes", type=int, default=1, help="machines for DDP")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument error is one line on stderr (what is wrong, and where to look) and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def new_parser(description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    return OneLineParser(description=description, formatter_class=HelpFormatter)
+
+
+def positive(kind):
+    """An argparse type: a number of ``kind`` above zero."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__} number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+# Lightning 2's precision names (lightning_fabric.connector._PRECISION_INPUT), kept here so
+# that --help and parsing need no Lightning import.
+PRECISIONS = ("64", "32", "16", "bf16", "64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed",
+              "transformer-engine", "transformer-engine-float16")
+
+
+def precision_name(text: str) -> str:
+    if text not in PRECISIONS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a precision; choose one of {', '.join(PRECISIONS)}")
+    return text
+
+
+def strategy_name(text: str) -> str:
+    """A strategy of Lightning's registry (or auto / ddp / ...), checked without importing
+    Lightning for the default."""
+    if text == "auto":
+        return text
+    from pytorch_lightning.strategies import StrategyRegistry
+
+    known = ("auto", "single_device", "dp", "ddp", "ddp_spawn", "fsdp", "deepspeed", *StrategyRegistry.available_strategies())
+    if text not in known:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a strategy; use auto, ddp, ddp_spawn, fsdp or another "
+                                         "name of Lightning's strategy registry")
+    return text
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
