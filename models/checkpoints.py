@@ -46,7 +46,10 @@ class SafeCheckpointIO(TorchCheckpointIO):
         self.trust = trust
 
     def load_checkpoint(self, path, map_location=None, weights_only=None, **kwargs) -> dict:
-        return read_checkpoint(str(path), trust=self.trust)
+        # Lightning also reads its own temporary files here (ddp_spawn hands the trained
+        # weights back to the main process as a bare state_dict): no layout check.
+        return read_torch_file(str(path), "checkpoint", "give one written by main.py", setting="checkpoint_path",
+                               trust=self.trust, map_location=map_location)
 
 
 # The data settings test.py takes from a checkpoint unless given on its command line.
