@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
+from contextlib import ExitStack
 from typing import TYPE_CHECKING
 
 from utils.cli import run_main
@@ -65,19 +65,22 @@ def build_datamodule(args: argparse.Namespace) -> KnownUnknownDataModule:
 def build_callbacks(args: argparse.Namespace, checkpoint_dir: str) -> tuple[list[pl.Callback], ModelCheckpoint]:
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from models.callbacks import EpochSeed, FinetuneSchedule, MarginSchedule
+    from models.callbacks import DivergenceGuard, EpochSeed, FinetuneSchedule, MarginSchedule
 
+    # No version counter: the folder holds this run only (main.py refuses another run's folder), so last.ckpt
+    # is always this run's model rather than a last-v1.ckpt beside an older one.
     checkpoint = ModelCheckpoint(dirpath=checkpoint_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-                                 save_last=True, save_top_k=1)
+                                 save_last=True, save_top_k=1, enable_version_counter=False)
     callbacks: list[pl.Callback] = [
+        DivergenceGuard(),  # a NaN or infinite loss stops the run before any checkpoint of it
         EpochSeed(args.seed),
         LearningRateMonitor(logging_interval="epoch"),
         checkpoint,
     ]
     if getattr(args, "objective", "vmdls") == "vmdls":  # the margin and the heads-only phase belong to the VMDLS losses
-        callbacks.insert(1, MarginSchedule(args.margin_max_distance, args.margin_jump, args.margins_epoch))
+        callbacks.insert(2, MarginSchedule(args.margin_max_distance, args.margin_jump, args.margins_epoch))
         if args.finetune:
-            callbacks.insert(2, FinetuneSchedule(args.finetune_epochs))
+            callbacks.insert(3, FinetuneSchedule(args.finetune_epochs))
     return callbacks, checkpoint
 
 
@@ -105,18 +108,26 @@ def plot_latent_tsne(model: VMDLS | CrossEntropyClassifier, datamodule: KnownUnk
 
 
 def main(argv: list[str] | None = None) -> str:
-    args = build_parser().parse_args(argv)
+    """Train; the output folder stays locked (utils.cli.claim_output_dir) until the run ends."""
+    with ExitStack() as cleanup:
+        return _train(argv, cleanup)
+
+
+def _train(argv: list[str] | None, cleanup: ExitStack) -> str:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     import matplotlib
 
     matplotlib.use("Agg")
     import pytorch_lightning as pl
 
-    from models.checkpoints import SafeCheckpointIO
+    from models.callbacks import AtomicCheckpointIO
     from models.classifier import CrossEntropyClassifier
     from models.vmdls import VMDLS
     from models.weights import load_backbone_weights
-    from utils.cli import ensure_output_dir, trainer_kwargs
-    from utils.loggers import build_loggers, write_json
+    from utils.cli import TRAINING_RUN, claim_output_dir, resume_settings, trainer_kwargs
+    from utils.flags import explicit_flags
+    from utils.loggers import build_loggers, write_run_record
 
     if args.finetune and args.objective == "ce":
         raise UserError("--finetune is for the VMDLS objective (it trains the variational heads first); "
@@ -129,11 +140,16 @@ def main(argv: list[str] | None = None) -> str:
     if args.checkpoint_path:
         from models.checkpoints import checkpoint_kind, read_checkpoint
 
-        kind = checkpoint_kind(read_checkpoint(args.checkpoint_path, trust=args.trust_checkpoint))
+        resumed = read_checkpoint(args.checkpoint_path, trust=args.trust_checkpoint)
+        kind = checkpoint_kind(resumed)
         if kind != args.objective:
             raise UserError(f"--checkpoint_path {args.checkpoint_path!r} holds a model of --objective {kind}, "
                             f"not {args.objective}; resume it with --objective {kind}")
-    output_dir = ensure_output_dir(args.output_dir or default_output_dir(args))
+        resume_settings(args, explicit_flags(parser, argv), resumed)  # the checkpoint's settings, or a refusal
+        del resumed
+    output_dir = args.output_dir = args.output_dir or default_output_dir(args)
+    # Created, checked for writing and locked before any work; a folder holding another run is refused.
+    folder = cleanup.enter_context(claim_output_dir(output_dir, TRAINING_RUN, args.overwrite, args.checkpoint_path))
     pl.seed_everything(args.seed, workers=True, verbose=False)
     trainer_args = trainer_kwargs(args)
     datamodule = build_datamodule(args)
@@ -143,25 +159,31 @@ def main(argv: list[str] | None = None) -> str:
     if args.weights and not args.checkpoint_path:
         print(load_backbone_weights(model.encoder, args.weights, trust=args.trust_checkpoint).summary())
 
-    write_json(os.path.join(output_dir, "args.json"), {"argv": sys.argv if argv is None else argv, **vars(args)})
+    write_run_record(output_dir, args, argv, resumed=folder.resumed_here)
     checkpoint_dir = os.path.join(output_dir, "checkpoints")
     callbacks, checkpoint = build_callbacks(args, checkpoint_dir)
     loggers = build_loggers(output_dir, args.logger, args.offline, project=args.neptune_project, tags=[
-        f"known:{args.known_dataset}", f"unknown:{args.unknown_dataset}", f"backbone:{args.enc_type}"])
+        f"known:{args.known_dataset}", f"unknown:{args.unknown_dataset}", f"backbone:{args.enc_type}"],
+        keep_metrics=folder.resumed_here)  # a run resumed into its own folder appends to its metrics.csv
+    checkpoint_io = AtomicCheckpointIO(args.trust_checkpoint)
     trainer = pl.Trainer(
         **trainer_args, callbacks=callbacks, logger=loggers, default_root_dir=output_dir,
         use_distributed_sampler=False,  # the training batch samplers shard themselves across processes
         num_sanity_val_steps=0, log_every_n_steps=10, deterministic=False,
-        plugins=[SafeCheckpointIO(args.trust_checkpoint)],  # the resume load runs no code from the file
+        # the resume load runs no code from the file; saves are atomic and never hold NaN weights
+        plugins=[checkpoint_io],
     )
     trainer.fit(model, datamodule=datamodule, ckpt_path=args.checkpoint_path)
 
     if args.log_tsne and trainer.is_global_zero:
         print(f"t-SNE: {plot_latent_tsne(model, datamodule, output_dir, args.seed)}")
     last = os.path.join(checkpoint_dir, "last.ckpt")
-    if not os.path.isfile(last):  # fast_dev_run and max_steps=0 skip Lightning's checkpointing
+    # fast_dev_run and max_steps=0 skip Lightning's checkpointing, and a resumed run may have nothing left to train
+    if not trainer.strategy.broadcast(checkpoint_io.wrote(last)):
         trainer.save_checkpoint(last)
     if trainer.is_global_zero:
+        if not checkpoint_io.wrote(last):  # the path printed is always this run's model
+            raise UserError(f"the trained model could not be saved to {last}; pick a writable --output_dir")
         print(f"last checkpoint: {last}")
     return last
 

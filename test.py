@@ -17,6 +17,7 @@ import argparse
 import os
 import re
 import time
+from contextlib import ExitStack
 
 from utils.cli import run_main
 from utils.errors import UserError
@@ -307,6 +308,12 @@ def untrained_model(checkpoint: dict, kind: str, overrides: dict, seed: int):
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Evaluate; the output folder stays locked (utils.cli.claim_output_dir) until the run ends."""
+    with ExitStack() as cleanup:
+        return _main(argv, cleanup)
+
+
+def _main(argv: list[str] | None, cleanup: ExitStack) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     import matplotlib
@@ -320,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
     from models.checkpoints import checkpoint_hparams, checkpoint_kind, checkpoint_seed, read_checkpoint
     from models.evaluation import Evaluator
     from utils import metrics as M
-    from utils.cli import ensure_output_dir
+    from utils.cli import EVALUATION, claim_output_dir
     from utils.flags import split_names
     from utils.loggers import atomic_path, build_loggers, log_files, write_json
     from utils.plots import plot_roc_sets
@@ -331,8 +338,11 @@ def main(argv: list[str] | None = None) -> dict:
     detectors = parse_detectors(args, kind)
     unknown_names = split_names(args.unknown_dataset)
     several = len(unknown_names) > 1
-    output_dir = ensure_output_dir(args.output_dir or os.path.join(
-        "outputs", "test", f"{args.known_dataset}-vs-{'+'.join(unknown_names)}-{time.strftime('%Y%m%d-%H%M%S')}"))
+    output_dir = args.output_dir or os.path.join(
+        "outputs", "test", f"{args.known_dataset}-vs-{'+'.join(unknown_names)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    # Created, checked for writing and locked before any work. A previous evaluation there is refused, or with
+    # --overwrite removed, its results.json first: results.json is written last, so it marks a complete run.
+    cleanup.enter_context(claim_output_dir(output_dir, EVALUATION, args.overwrite))
     pl.seed_everything(args.seed, verbose=False)
     device = pick_device(args)
 
@@ -366,6 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
     primary = detectors[0]
     known_paths = dataset_paths(datamodule.known_test_set)
     files, summary_rows, all_results, curves = {}, [], {}, {}
+    finished: list[tuple[str, dict]] = []  # the results.json files, written once everything else is
     for name in unknown_names:
         folder = set_folder(output_dir, name, several)
         scored, features = pairs[name]
@@ -395,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
             set_files[f"scores_{detector}"] = write_scores(os.path.join(folder, csv_name), scored[detector],
                                                            (args.known_dataset, name), paths, class_num)
         set_files["results"] = os.path.join(folder, "results.json")
-        write_json(set_files["results"], results)
+        finished.append((set_files["results"], results))
         files.update({f"{name}/{k}" if several else k: v for k, v in set_files.items()})
         all_results[name] = results
         fpr, tpr, _ = M.roc_points(scored[primary].scores.numpy(), scored[primary].labels.numpy() < class_num)
@@ -422,6 +433,8 @@ def main(argv: list[str] | None = None) -> dict:
     for logger in loggers:
         logger.log_metrics(logged)
         logger.save()
+    for path, payload in finished:  # last: a results.json is never beside another run's (or a partial run's) files
+        write_json(path, payload)
     log_files(loggers, files)
     if several:
         print(summary_markdown(summary))

@@ -161,18 +161,6 @@ def test_finetune_trains_heads_first_then_everything(tmp_path):
     assert changed, "the backbone should train after the head-only epochs"
 
 
-def makefile_command(script: str, output_dir) -> list[str]:
-    """The arguments `make demo` gives ``script`` (read from the Makefile, so the test runs
-    exactly the demo's data and schedule)."""
-    import re
-    import shlex
-
-    text = open(os.path.join(os.path.dirname(__file__), "..", "Makefile")).read().replace("\\\n", " ")
-    line = next(line for line in text.splitlines() if re.search(rf"\$\(PY\) {re.escape(script)}\b", line))
-    argv = shlex.split(line.split(script, 1)[1].replace("$(DEMO_DIR)", str(output_dir)))
-    return argv
-
-
 def test_initial_sampling_std_sets_the_starting_std():
     model = make_model(initial_sampling_std=0.14)
     assert torch.allclose(torch.exp(0.5 * model.fc_var.bias), torch.full((4,), 0.14))
@@ -182,11 +170,15 @@ def test_initial_sampling_std_sets_the_starting_std():
 
 def test_on_the_demos_data_and_schedule_the_latent_learns_the_classes(tmp_path):
     """The validation Gaussians of mu classify the known digits well above chance (1/6) at
-    the demo's last epoch, and better than after its first."""
-    argv = makefile_command("main.py", tmp_path)
-    assert "--initial_sampling_std" in argv and "--max_epochs" in argv
-    train_script.main(argv + ["--logger", "csv"])
-    frame = pd.read_csv(tmp_path / "train" / "metrics.csv")
+    the demo's last epoch (make demo's flags: benchmarks/ood_benchmark.py DEMO_TRAIN), and
+    better than after its first."""
+    from benchmarks.ood_benchmark import DEMO_TRAIN
+
+    argv = ["--known_dataset", "digits", "--unknown_dataset", "digits_unknown", "--class_num", "6", *DEMO_TRAIN,
+            "--accelerator", "cpu", "--num_workers", "0", "--offline", "--logger", "csv", "--output_dir",
+            str(tmp_path)]
+    train_script.main(argv)
+    frame = pd.read_csv(tmp_path / "metrics.csv")
     accuracy = frame.dropna(subset=["val_accuracy_known"]).groupby("epoch")["val_accuracy_known"].last()
     separation = frame.dropna(subset=["latent_class_separation"]).groupby("epoch")["latent_class_separation"].last()
     assert len(accuracy) == int(argv[argv.index("--max_epochs") + 1])

@@ -39,15 +39,12 @@ def announce_checkpoint(path: str) -> None:
 
 
 def train_autoencoder(args: argparse.Namespace, arch: str) -> str:
-    """Train an AutoEncoder from parsed flags; returns the path of the last checkpoint."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from torch.utils.data import DataLoader
+    """Train an AutoEncoder from parsed flags; returns the path of the last checkpoint.
 
-    from datasets import BatchTransform, get_known_dataset
-    from models.autoencoders import ENC_OUT_DIM, AutoEncoder
-    from utils.cli import ensure_output_dir, trainer_kwargs
-    from utils.loggers import build_loggers
+    The output folder is created, checked for writing and locked before any work; one that
+    already holds an autoencoder run is refused unless ``--overwrite``."""
+    from models.autoencoders import ENC_OUT_DIM
+    from utils.cli import AUTOENCODER_RUN, claim_output_dir, trainer_kwargs
 
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, not {args.batch_size}")
@@ -60,7 +57,21 @@ def train_autoencoder(args: argparse.Namespace, arch: str) -> str:
     if class_num is None:
         class_num = 100 if args.known_dataset == "cifar100_known" else 10
     kwargs = trainer_kwargs(args)
-    output_dir = ensure_output_dir(args.output_dir or os.path.join("outputs", f"ae_{args.known_dataset}"))
+    output_dir = args.output_dir or os.path.join("outputs", f"ae_{args.known_dataset}")
+    with claim_output_dir(output_dir, AUTOENCODER_RUN, getattr(args, "overwrite", False)):
+        return _train(args, arch, output_dir, kwargs, class_num)
+
+
+def _train(args: argparse.Namespace, arch: str, output_dir: str, kwargs: dict, class_num: int) -> str:
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader
+
+    from datasets import BatchTransform, get_known_dataset
+    from models.autoencoders import AutoEncoder
+    from models.callbacks import AtomicCheckpointIO, DivergenceGuard
+    from utils.loggers import build_loggers
+
     pl.seed_everything(args.seed, workers=True)
 
     train_set = get_known_dataset(args.known_dataset, args.data_dir, class_num, train=True)
@@ -86,12 +97,15 @@ def train_autoencoder(args: argparse.Namespace, arch: str) -> str:
     checkpoint = ModelCheckpoint(dirpath=output_dir, save_last=True, enable_version_counter=False)
     loggers = build_loggers(output_dir, args.logger, args.offline, project=args.neptune_project,
                             tags=[f"known:{args.known_dataset}", f"autoencoder:{arch}"], versioned_csv=True)
-    trainer = pl.Trainer(callbacks=[checkpoint], logger=loggers, default_root_dir=output_dir,
-                         enable_progress_bar=True, log_every_n_steps=max(1, min(50, steps_per_epoch)), **kwargs)
+    checkpoint_io = AtomicCheckpointIO()  # atomic saves, never of NaN weights
+    trainer = pl.Trainer(callbacks=[DivergenceGuard(), checkpoint], logger=loggers, default_root_dir=output_dir,
+                         enable_progress_bar=True, log_every_n_steps=max(1, min(50, steps_per_epoch)),
+                         plugins=[checkpoint_io], **kwargs)
     trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=val_loader)
 
-    last = checkpoint.last_model_path or os.path.join(output_dir, "last.ckpt")
-    if not os.path.isfile(last):  # fast_dev_run turns checkpointing off
-        last = os.path.join(output_dir, "last.ckpt")
+    last = os.path.join(output_dir, "last.ckpt")
+    if not trainer.strategy.broadcast(checkpoint_io.wrote(last)):  # fast_dev_run turns checkpointing off
         trainer.save_checkpoint(last)
+    if trainer.is_global_zero and not checkpoint_io.wrote(last):  # the path printed is always this run's model
+        raise UserError(f"the trained autoencoder could not be saved to {last}; pick a writable --output_dir")
     return last

@@ -7,14 +7,18 @@ Whatever the loggers, the CSV metrics and every file are written under --output_
 """
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
+import tempfile
 from argparse import Namespace
 from contextlib import contextmanager
 from typing import Any
 
+from lightning_fabric.loggers.logger import rank_zero_experiment
 from pytorch_lightning.loggers import CSVLogger, Logger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from utils.errors import UserError
@@ -73,6 +77,51 @@ class NeptuneRunLogger(Logger):
         self._run.stop()
 
 
+class _RunWriter(ExperimentWriter):
+    """Lightning's CSV writer for a folder the script has already claimed (its previous
+    run's files are gone, or it is being resumed), so without Lightning's warning. With
+    ``keep_rows`` it keeps the rows metrics.csv already holds (the earlier epochs of a run
+    resumed into its own folder) and appends after them, where Lightning's writer deletes
+    the file; a header change rewrites the file atomically."""
+
+    def __init__(self, log_dir: str, keep_rows: bool = False) -> None:
+        self._keep_rows = keep_rows
+        super().__init__(log_dir)
+        if keep_rows and os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as handle:
+                self.metrics_keys = list(csv.DictReader(handle).fieldnames or [])
+
+    def _check_log_dir_exists(self) -> None:
+        if not self._keep_rows and os.path.isfile(self.metrics_file_path):
+            os.remove(self.metrics_file_path)
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with open(self.metrics_file_path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        with atomic_path(self.metrics_file_path) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+class RunCSVLogger(CSVLogger):
+    """Lightning's CSVLogger; with ``keep_rows`` (a resumed run writing into its own
+    folder) the new rows are appended to the existing metrics.csv instead of replacing it."""
+
+    def __init__(self, *args, keep_rows: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._keep_rows = keep_rows
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is not None:
+            return self._experiment
+        self._fs.makedirs(self.root_dir, exist_ok=True)
+        self._experiment = _RunWriter(log_dir=self.log_dir, keep_rows=self._keep_rows)
+        return self._experiment
+
+
 # The packages each optional logger can run on (any one of them will do).
 _LOGGER_PACKAGES = {"tensorboard": ("tensorboardX", "tensorboard"), "wandb": ("wandb",), "mlflow": ("mlflow",),
                     "neptune": ("neptune",)}
@@ -111,7 +160,7 @@ def _neptune_logger(offline: bool, tags: list[str], project: str | None, explici
 
 def build_loggers(output_dir: str, names: list[str] | None = None, offline: bool = False,
                   tags: list[str] | None = None, project: str | None = None,
-                  versioned_csv: bool = False) -> list[Logger]:
+                  versioned_csv: bool = False, keep_metrics: bool = False) -> list[Logger]:
     """Lightning's loggers for ``--logger NAMES``; ``names=None`` means the flag was not given.
 
     Lightning's CSV logger always comes first (``output_dir/metrics.csv`` and
@@ -120,7 +169,8 @@ def build_loggers(output_dir: str, names: list[str] | None = None, offline: bool
     ``wandb`` under ``output_dir/wandb`` (offline with ``--offline``). Without the flag:
     CSV and TensorBoard, plus Neptune when its client is installed and configured.
     ``versioned_csv`` keeps Lightning's ``lightning_logs/version_N/metrics.csv`` layout
-    (the autoencoder scripts' outputs) instead of ``output_dir/metrics.csv``.
+    (the autoencoder scripts' outputs) instead of ``output_dir/metrics.csv``. ``keep_metrics``
+    (a run resumed into its own folder) appends to ``metrics.csv`` and keeps its earlier rows.
     """
     from pytorch_lightning.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 
@@ -132,8 +182,11 @@ def build_loggers(output_dir: str, names: list[str] | None = None, offline: bool
         if name != "neptune":
             _require(name)
     tags = tags or []
-    csv = CSVLogger(save_dir=output_dir) if versioned_csv else CSVLogger(save_dir=output_dir, name="", version="")
-    loggers: list[Logger] = [csv]
+    if versioned_csv:
+        csv_logger = CSVLogger(save_dir=output_dir)
+    else:
+        csv_logger = RunCSVLogger(save_dir=output_dir, name="", version="", keep_rows=keep_metrics)
+    loggers: list[Logger] = [csv_logger]
     if "tensorboard" in wanted:
         loggers.append(TensorBoardLogger(save_dir=output_dir, name="tensorboard", version="",
                                          default_hp_metric=False))
@@ -158,16 +211,38 @@ def log_files(loggers: list[Logger], files: dict[str, str]) -> None:
                 logger.log_file(key, path)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 @contextmanager
 def atomic_path(path: str):
-    """Yield a temporary name to write; it replaces ``path`` only once writing succeeded,
-    so a crash never leaves a half-written file behind."""
-    tmp = f"{path}.tmp"
+    """Yield a temporary name to write; it replaces ``path`` only once writing succeeded.
+
+    The temporary file is unique (``.NAME.XXXX.tmp`` beside ``path``), so two writers of
+    one path never share it, and a crash or a failed write leaves ``path`` as it was
+    (the previous file, or none). A write that fails is a UserError naming the file.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OSError as error:
+        raise UserError(f"cannot write {path} ({error.strerror or error}); pick a writable --output_dir")
+    os.close(handle)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make results private
         os.replace(tmp, path)
+    except OSError as error:
+        raise UserError(f"cannot write {path} ({error.strerror or error}); the previous file, if any, is "
+                        "unchanged; free some space or pick a writable --output_dir")
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
 
 
@@ -175,3 +250,32 @@ def write_json(path: str, payload: dict) -> None:
     with atomic_path(path) as tmp, open(tmp, "w") as handle:
         json.dump(payload, handle, indent=2, sort_keys=True, default=str)
         handle.write("\n")
+
+
+def read_json(path: str):
+    """A JSON file's content, or None when it is missing or unreadable."""
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def write_run_record(output_dir: str, args: Namespace, argv: list[str] | None, resumed: bool) -> str:
+    """``args.json``: the command line and the values the run used. A run resumed into its
+    own folder keeps the earlier runs' records under ``previous_runs``. Only the first
+    process of a multi-process run writes it."""
+    import sys
+
+    from utils.cli import is_worker_process
+
+    path = os.path.join(output_dir, "args.json")
+    if is_worker_process():
+        return path
+    record = {"argv": sys.argv if argv is None else list(argv), **vars(args)}
+    previous = read_json(path) if resumed else None
+    if isinstance(previous, dict):
+        history = previous.pop("previous_runs", [])
+        record["previous_runs"] = [*(history if isinstance(history, list) else []), previous]
+    write_json(path, record)
+    return path

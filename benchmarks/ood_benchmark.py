@@ -1,0 +1,852 @@
+"""One OOD table: VMDLS against the standard detectors, over seeds and unknown sets.
+
+    python benchmarks/ood_benchmark.py --profile quick --data_dir ../shared/data \
+        --output_dir outputs/ood_quick --unknown mnist noise mnist_noise --seeds 3 --accelerator cpu
+    python benchmarks/ood_benchmark.py --profile paper --data_dir ./data --output_dir outputs/ood_paper \
+        --seeds 3 --accelerator gpu                     # every table setting of the original README
+    python benchmarks/ood_benchmark.py --profile paper --dry_run    # the commands, nothing run
+
+For each seed and setting it trains (a) the VMDLS model (main.py), (b) the known set's
+autoencoder (mnist_ae.py for 28x28 grey sets, train_resnet_ae.py for CIFAR) and (c) the
+cross-entropy model (main.py --objective ce: same backbone, data, flags and schedule), then
+runs test.py three times, each call fitting once and scoring every unknown set:
+
+| test.py call                                            | rows (methods)                      |
+|---------------------------------------------------------|-------------------------------------|
+| VMDLS checkpoint, --detector vmdls vmdls_latent,         | vmdls, vmdls_latent, untrained      |
+|   --compare_untrained                                   |                                     |
+| VMDLS checkpoint, --detector vmdls, --ae_features        | vmdls_ae                            |
+| ce checkpoint, --detector msp energy maxlogit            | msp, energy, maxlogit, mahalanobis, |
+|   mahalanobis knn vim                                   | knn, vim                            |
+
+"untrained" is the paper's detector on the network at its initialisation (the seed's).
+Unknown sets are registry names (mnist, noise, mnist_noise, omniglot, lsun-crop, ...) or
+idx:PATH / folder:PATH; they go to test.py as given, except that with --unknown_images M
+(the quick profile) the first M test images of each set are written as an IDX folder
+under OUT/data/unknown/ and that folder is scored (8-bit grey, the known set's shape); the
+rows keep the name given (idx:/folder: sets are named after their folder).
+
+Writes OUT/results.json: one row per (setting, method, unknown set) with ``method``,
+``unknown``, ``setting``, ``auroc``, ``auroc_std``, ``fpr_at_95_tpr``, ``fpr_at_95_tpr_std``,
+``aupr_in``, ``aupr_out``, ``f1_macro_at_95_tpr``, ``closed_set_accuracy``, ``train_seconds``,
+``eval_seconds``, ``seeds`` and ``auroc_per_seed``. Values are means over the seeds;
+the ``*_std`` values are SAMPLE standard deviations over the seeds (ddof=1; 0 with one seed).
+``train_seconds`` is the training time of the model(s) the method uses (vmdls_ae: VMDLS plus
+the autoencoder; untrained: 0); ``eval_seconds`` the wall time of the test.py call that
+produced the row. A step resumed after an interruption counts only its last run's time.
+Also OUT/results.md (AUROC mean +- std per set and their mean, FPR at 95% TPR per set,
+closed-set accuracy) and OUT/auroc.png (AUROC by method and set; with several settings
+one bar group per setting, plus OUT/auroc_<setting>.png).
+
+Resumable: every run lives under OUT/seed<k>/<setting>/ (vmdls/, ce/, eval_vmdls/,
+eval_vmdls_ae/, eval_ce/; the autoencoder under OUT/seed<k>/ae_<known set>/). A training
+with its done.json is not repeated (one interrupted after an epoch resumes from its
+last.ckpt through main.py --checkpoint_path; the autoencoder restarts); a test.py call whose
+summary.csv holds every requested set is not repeated. OUT/config.json records the budget:
+a rerun with another budget into the same OUT stops.
+
+Profiles
+--------
+quick (2 CPU cores, about 20 minutes for 3 seeds and four unknown sets): Fashion-MNIST
+(all 10 classes) known: the first 1,000 training and the first 500 test images, written as
+IDX under OUT/data/known/ and read as idx:PATH; 500 images of each unknown set (default
+sets: mnist noise; the registry's mnist reads the MNIST test split alone, which is all it
+needs). Backbone mnist-conv, latent 32, and the paper's MNIST command otherwise (Adam,
+lr 1e-4, --kl_coeff 0.1, B_c x B_s = 10 x 16, --margins_epoch 1, --margin_jump 1,
+--margin_max_distance 32, --lower_bound 0.05, --step_size 100) EXCEPT --generation_epoch 1
+instead of 0 (BENCHMARKS.md, "kl_prior": a KL term started while the prior's class means
+are still zeros collapses the latent on this budget). Schedule: 3 epochs of 6 batches
+(18 steps of 160 images, no validation pass); the autoencoder 2 epochs of 6 batches of 160;
+test.py with --data_transforms blob (the paper's test transform). Measured: 1,019 s (17 min)
+for 3 seeds and the four sets mnist noise mnist_noise idx:<digits> on the 2 cores shared
+with other jobs (a step of 160 images takes 1.5-4 s; per seed about 3 min of training and
+2.5 min of test.py, the reconstruction-weighted call the dearest: the autoencoder and a
+second backbone pass per image). This is far from convergence (the ce model reaches about
+17 % closed-set accuracy at lr 1e-4; --lr 0.001 trains it faster): the table compares the
+methods on equal, small budgets, not the paper's numbers. A fourth unknown set that needs
+no download: ``write_digits_set(FOLDER)`` below (all scikit-learn digits as IDX), scored as
+idx:FOLDER.
+
+paper (a GPU machine with the data in place): every table setting of the original README
+(benchmarks/readme_original_commands.txt, its training lines verbatim except --gpus,
+--data_dir and --unknown_dataset): MNIST with mnist-conv against omniglot, mnist_noise and
+noise; CIFAR-10 with vgg, resnet18, densenet and wresnet, and CIFAR-100 with densenet,
+against imagenet-crop, imagenet-resize, lsun-crop and lsun-resize. --weights files
+(checkpoint_100.pth.tar, finetuning_wideresnet.tar) are looked up in --weights_dir
+(default: --data_dir); the cross-entropy baseline keeps --weights and drops --finetune.
+Autoencoders: mnist_ae.py (50 epochs) for MNIST, train_resnet_ae.py (100 epochs; resnet18
+for CIFAR-10, resnet50 for CIFAR-100), one per known set and seed. test.py with the paper's
+test transforms (blob, cifar_test) and batch size 2,500. --settings picks some settings;
+--unknown replaces every setting's sets (the trainings keep the README's --unknown_dataset,
+used for validation only); --max_epochs / --limit_train_batches / --ae_epochs shorten every
+training (for a smoke test). --lr overrides the learning rate of every profile's VMDLS and
+ce trainings.
+
+tiny (the tests): the embedded digits, classes 0-5 known (60 training and 30 test images),
+30 images of digits_unknown, one epoch of two 6 x 4 batches: seconds, meaningless numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import gzip
+import json
+import math
+import os
+import re
+import shlex
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+ORIGINAL_COMMANDS = os.path.join(ROOT, "benchmarks", "readme_original_commands.txt")
+
+# The rows of the table, in order, and the test.py call each comes from.
+METHODS = ("vmdls", "vmdls_ae", "vmdls_latent", "untrained", "msp", "energy", "maxlogit", "mahalanobis", "knn",
+           "vim")
+VMDLS_DETECTORS = ("vmdls", "vmdls_latent")
+CE_DETECTORS = ("msp", "energy", "maxlogit", "mahalanobis", "knn", "vim")
+METRICS = ("auroc", "fpr_at_95_tpr", "aupr_in", "aupr_out", "f1_macro_at_95_tpr", "closed_set_accuracy")
+REQUIRED_KEYS = ("method", "unknown", "auroc", "auroc_std", "fpr_at_95_tpr", "aupr_in", "aupr_out",
+                 "f1_macro_at_95_tpr", "closed_set_accuracy", "train_seconds", "eval_seconds", "seeds")
+
+MNIST_UNKNOWN = ("omniglot", "mnist_noise", "noise")
+ODIN_UNKNOWN = ("imagenet-crop", "imagenet-resize", "lsun-crop", "lsun-resize")
+# Training lines of the original README, in the order of the paper's tables.
+PAPER_ORDER = ("cnn_mnist", "cifar10_vgg", "cifar10_resnet", "cifar10_densenet", "cifar10_wresnet",
+               "cifar100_densenet")
+
+
+# --------------------------------------------------------------------------------------
+# Settings and steps
+# --------------------------------------------------------------------------------------
+@dataclass
+class Setting:
+    """One trained configuration: a known set and a backbone with its flags."""
+
+    name: str
+    known: str                    # --known_dataset as the runs get it
+    class_num: int
+    train_flags: list[str]        # main.py flags shared by VMDLS and ce (not data_dir/seed/output/devices)
+    ae_script: str                # mnist_ae.py or train_resnet_ae.py
+    ae_flags: list[str]
+    test_flags: list[str]
+    unknown: list[str]            # the sets as given
+    ae_key: str = ""              # settings with the same key share the autoencoder
+    ce_drop: tuple = ("--finetune",)  # VMDLS-only flags the ce run leaves out
+    train_unknown: str = ""       # the training runs' --unknown_dataset (validation only); default: the first
+    ae_eval_flags: list = field(default_factory=list)  # extra test.py flags of the reconstruction-weighted call
+    passed_known: str = ""        # filled by build_plan: what main.py/test.py get (idx:... for subsets)
+    passed_unknown: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Step:
+    kind: str                     # "train", "ae" or "test"
+    script: str
+    argv: list[str]
+    output_dir: str
+    label: str
+    seed: int
+    setting: str = ""
+    done_file: str = ""           # train/ae: done.json; test: summary.csv
+    unknown: list[str] = field(default_factory=list)  # test: the names passed to test.py
+    sources: dict = field(default_factory=dict)        # test: {"vmdls", "ce", "ae"}: the training steps
+
+    def command(self) -> str:
+        return f"python {self.script} {shlex.join(self.argv)}"
+
+
+def _flag_value(flags: list[str], name: str, default=None):
+    return flags[flags.index(name) + 1] if name in flags else default
+
+
+def _drop(flags: list[str], names_with_value=(), names_alone=()) -> list[str]:
+    out, skip = [], False
+    for token in flags:
+        if skip:
+            skip = False
+            continue
+        if token in names_with_value:
+            skip = True
+            continue
+        if token in names_alone:
+            continue
+        out.append(token)
+    return out
+
+
+def _set(flags: list[str], name: str, value) -> list[str]:
+    flags = _drop(flags, names_with_value=(name,))
+    return flags + [name, str(value)]
+
+
+MNIST_TRAIN = ["--enc_type", "mnist-conv", "--latent_dim", "32", "--enc_out_dim", "500", "--lower_bound", "0.05",
+               "--step_size", "100", "--margin_max_distance", "32", "--data_transforms", "mnist", "--input_height",
+               "28", "--kl_coeff", "0.1", "--lr", "0.0001", "--opt", "adam", "--margin_jump", "1.0",
+               "--margins_epoch", "1", "--batch_classes", "10", "--sample_count", "16", "--batch_size", "400"]
+
+
+def quick_settings(args) -> list[Setting]:
+    train = _set(MNIST_TRAIN, "--generation_epoch", 1)
+    if args.lr:
+        train = _set(train, "--lr", args.lr)
+    train += ["--max_epochs", str(args.max_epochs or 3), "--limit_train_batches", str(args.limit_train_batches or 6),
+              "--limit_val_batches", "0"]
+    ae = ["--data_transforms", "mnist", "--latent_dim", "32", "--batch_size", "160", "--max_epochs",
+          str(args.ae_epochs or 2), "--limit_train_batches", str(args.limit_train_batches or 6),
+          "--limit_val_batches", "0"]
+    return [Setting("fashion_mnist", "fashion_mnist", 10, train, "mnist_ae.py", ae,
+                    ["--data_transforms", "blob", "--batch_size", "500"], list(args.unknown or ["mnist", "noise"]),
+                    ae_key="fashion_mnist")]
+
+
+def tiny_settings(args) -> list[Setting]:
+    train = _set(_set(MNIST_TRAIN, "--batch_classes", 6), "--sample_count", 4)
+    train = _set(_set(train, "--generation_epoch", 1), "--lr", args.lr or 0.001)
+    train += ["--max_epochs", str(args.max_epochs or 1), "--limit_train_batches", str(args.limit_train_batches or 2),
+              "--limit_val_batches", "0"]
+    ae = ["--data_transforms", "mnist", "--latent_dim", "32", "--batch_size", "24", "--max_epochs",
+          str(args.ae_epochs or 1), "--limit_train_batches", str(args.limit_train_batches or 2),
+          "--limit_val_batches", "0"]
+    return [Setting("digits", "digits", 6, train, "mnist_ae.py", ae, ["--data_transforms", "blob", "--batch_size", "256"],
+                    list(args.unknown or ["digits_unknown"]), ae_key="digits")]
+
+
+# The demo's setting (make demo): digits 0-5 known, mnist-conv, 8 epochs of 6 x 16 batches
+# with the sampling std starting at 0.14 (docs/method.md section 2).
+DEMO_TRAIN = ["--enc_type", "mnist-conv", "--enc_out_dim", "500", "--latent_dim", "32", "--data_transforms", "mnist",
+              "--input_height", "28", "--batch_classes", "6", "--sample_count", "16", "--batch_size", "512",
+              "--opt", "adam", "--lr", "0.001", "--kl_coeff", "0.1", "--generation_epoch", "1", "--margins_epoch", "1",
+              "--margin_jump", "1.0", "--margin_max_distance", "32", "--lower_bound", "0.05",
+              "--initial_sampling_std", "0.14", "--max_epochs", "8"]
+
+
+def demo_settings(args) -> list[Setting]:
+    train = _set(DEMO_TRAIN, "--max_epochs", args.max_epochs) if args.max_epochs else DEMO_TRAIN
+    ae = ["--max_epochs", str(args.ae_epochs or 8)]
+    return [Setting("digits", "digits", 6, train, "mnist_ae.py", ae,
+                    ["--data_transforms", "blob", "--batch_size", "512"], list(args.unknown or ["digits_unknown"]),
+                    ae_key="digits", ae_eval_flags=["--log_tsne"])]
+
+
+def read_original_training_lines(path: str = ORIGINAL_COMMANDS) -> dict[str, list[str]]:
+    """{checkpoint stem: main.py flags} from the original README's training lines."""
+    lines = {}
+    with open(path) as handle:
+        for line in handle:
+            if not line.startswith("train "):
+                continue
+            _, checkpoint, rest = line.split(" ", 2)
+            tokens = shlex.split(rest)
+            start = tokens.index("main.py") + 1
+            lines[checkpoint.removesuffix(".ckpt")] = tokens[start:]
+    return lines
+
+
+def paper_settings(args) -> list[Setting]:
+    lines = read_original_training_lines()
+    weights_dir = args.weights_dir or args.data_dir
+    settings = []
+    for name in PAPER_ORDER:
+        flags = _drop(lines[name], names_with_value=("--gpus", "--data_dir"))
+        train_unknown = _flag_value(flags, "--unknown_dataset", "")
+        flags = _drop(flags, names_with_value=("--unknown_dataset",))
+        known = _flag_value(flags, "--known_dataset")
+        class_num = int(_flag_value(flags, "--class_num", 10))
+        flags = _drop(flags, names_with_value=("--known_dataset", "--class_num"))
+        weights = _flag_value(flags, "--weights")
+        if weights and not os.path.isabs(weights):
+            flags = _set(flags, "--weights", os.path.join(weights_dir, weights))
+        if args.max_epochs:
+            flags = _set(flags, "--max_epochs", args.max_epochs)
+        if args.lr:
+            flags = _set(flags, "--lr", args.lr)
+        if args.limit_train_batches:
+            flags = _set(flags, "--limit_train_batches", args.limit_train_batches)
+        mnist = known == "mnist"
+        if mnist:
+            ae_script, ae = "mnist_ae.py", ["--data_transforms", "mnist", "--max_epochs", str(args.ae_epochs or 50)]
+        else:
+            ae_script = "train_resnet_ae.py"
+            ae = ["--data_transforms", "cifar", "--max_epochs", str(args.ae_epochs or 100)]
+        if args.limit_train_batches:
+            ae += ["--limit_train_batches", str(args.limit_train_batches)]
+        test = ["--data_transforms", "blob" if mnist else "cifar_test", "--batch_size", "2500"]
+        unknown = list(args.unknown or (MNIST_UNKNOWN if mnist else ODIN_UNKNOWN))
+        settings.append(Setting(name, known, class_num, flags, ae_script, ae, test, unknown, ae_key=known,
+                                train_unknown=train_unknown))
+    if args.settings:
+        missing = [s for s in args.settings if s not in PAPER_ORDER]
+        if missing:
+            raise SystemExit(f"unknown setting {missing[0]!r}: choose from {', '.join(PAPER_ORDER)}")
+        settings = [s for s in settings if s.name in args.settings]
+    return settings
+
+
+PROFILES = {"quick": quick_settings, "paper": paper_settings, "tiny": tiny_settings, "demo": demo_settings}
+# (training images, test images, images per unknown set) written as IDX; 0: the sets as they are.
+SUBSETS = {"quick": (1000, 500, 500), "tiny": (60, 30, 30), "paper": (0, 0, 0), "demo": (0, 0, 0)}
+DEFAULT_WORKERS = {"quick": 0, "tiny": 0, "paper": 4, "demo": 0}
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace(os.sep, "_")).strip("._") or "set"
+
+
+def display_name(name: str) -> str:
+    """A set's name in the table: registry names as they are, idx:/folder: by their folder."""
+    for prefix in ("idx:", "folder:"):
+        if name.startswith(prefix):
+            return os.path.basename(os.path.normpath(name[len(prefix):])) or name
+    return name
+
+
+@dataclass
+class Plan:
+    """Everything a run does: where the data goes, and each seed's steps."""
+
+    steps: list[Step]
+    names: dict[str, str]          # name passed to test.py -> the name in the rows
+    settings: list[Setting]
+    data: dict                     # what to materialise: {"known": (...), "unknown": [...]}
+
+
+def build_plan(args, settings: list[Setting]) -> Plan:
+    out = os.path.abspath(args.output_dir)
+    train_n, test_n, unknown_n = args.train_images, args.test_images, args.unknown_images
+    data = {"known": [], "unknown": []}
+    names: dict[str, str] = {}
+    steps: list[Step] = []
+    devices = ["--accelerator", args.accelerator, "--num_workers", str(args.num_workers)]
+    logging = ["--logger", "csv", "--offline"]
+    for setting in settings:
+        known = setting.known
+        if train_n:
+            folder = os.path.join(out, "data", "known", f"{slug(setting.known)}-train{train_n}-test{test_n}")
+            data["known"].append((setting.known, setting.class_num, folder, train_n, test_n))
+            known = f"idx:{folder}"
+        passed = []
+        for name in setting.unknown:
+            if unknown_n:
+                folder = os.path.join(out, "data", "unknown", f"{slug(name)}-{unknown_n}")
+                data["unknown"].append((name, setting.known, setting.class_num, folder, unknown_n))
+                target = f"idx:{folder}"
+            else:
+                target = name
+            names[target] = display_name(name)
+            passed.append(target)
+        setting.passed_known, setting.passed_unknown = known, passed
+    for seed in range(args.seeds):
+        seed_dir = os.path.join(out, f"seed{seed}")
+        common = ["--data_dir", args.data_dir, "--seed", str(seed), *devices, *logging]
+        made_ae: dict[str, Step] = {}
+        for setting in settings:
+            known, passed = setting.passed_known, setting.passed_unknown
+            base = os.path.join(seed_dir, setting.name)
+            data_flags = ["--known_dataset", known, "--class_num", str(setting.class_num)]
+            train_unknown = setting.train_unknown if setting.train_unknown in setting.unknown and not unknown_n \
+                else passed[0]
+            train = data_flags + ["--unknown_dataset", train_unknown, *setting.train_flags, *common]
+            vmdls_dir, ce_dir = os.path.join(base, "vmdls"), os.path.join(base, "ce")
+            ae_dir = os.path.join(seed_dir, f"ae_{slug(setting.ae_key or setting.name)}")
+            sources = {"vmdls": Step("train", "main.py", train + ["--objective", "vmdls", "--output_dir", vmdls_dir],
+                                     vmdls_dir, "train VMDLS", seed, setting.name,
+                                     os.path.join(vmdls_dir, "done.json"))}
+            steps.append(sources["vmdls"])
+            if ae_dir not in made_ae:
+                made_ae[ae_dir] = Step("ae", setting.ae_script, data_flags + setting.ae_flags + common +
+                                       ["--output_dir", ae_dir], ae_dir, "train autoencoder", seed, setting.name,
+                                       os.path.join(ae_dir, "done.json"))
+                steps.append(made_ae[ae_dir])
+            sources["ae"] = made_ae[ae_dir]
+            ce_train = _drop(train, names_alone=setting.ce_drop)
+            sources["ce"] = Step("train", "main.py", ce_train + ["--objective", "ce", "--output_dir", ce_dir],
+                                 ce_dir, "train cross-entropy", seed, setting.name, os.path.join(ce_dir, "done.json"))
+            steps.append(sources["ce"])
+            test = data_flags + ["--unknown_dataset", *passed, *setting.test_flags, *common]
+            vmdls_ckpt = os.path.join(vmdls_dir, "checkpoints", "last.ckpt")
+            for label, folder, extra in (
+                    ("evaluate VMDLS (+ untrained)", "eval_vmdls",
+                     ["--checkpoint_path", vmdls_ckpt, "--detector", *VMDLS_DETECTORS, "--compare_untrained"]),
+                    ("evaluate VMDLS, reconstruction-weighted", "eval_vmdls_ae",
+                     ["--checkpoint_path", vmdls_ckpt, "--detector", "vmdls", "--ae_features", "--ae_checkpoint",
+                      os.path.join(ae_dir, "last.ckpt"), *setting.ae_eval_flags]),
+                    ("evaluate cross-entropy baselines", "eval_ce",
+                     ["--checkpoint_path", os.path.join(ce_dir, "checkpoints", "last.ckpt"), "--detector",
+                      *CE_DETECTORS])):
+                eval_dir = os.path.join(base, folder)
+                steps.append(Step("test", "test.py", test + extra + ["--output_dir", eval_dir], eval_dir, label, seed,
+                                  setting.name, os.path.join(eval_dir, "summary.csv"), list(passed), sources))
+    return Plan(steps, names, settings, data)
+
+
+# --------------------------------------------------------------------------------------
+# Data subsets (IDX)
+# --------------------------------------------------------------------------------------
+def write_idx(path: str, array) -> str:
+    """An IDX file (gzipped) of a uint8 array: images N x H x W or labels N."""
+    import numpy as np
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(">" + "i" * array.ndim, *array.shape)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with gzip.open(tmp, "wb") as handle:
+        handle.write(header + array.tobytes())
+    os.replace(tmp, path)
+    return path
+
+
+def write_idx_split(folder: str, split: str, images, labels) -> None:
+    """images: N x 1 x H x W (or N x H x W) floats in [0, 1] or uint8; split 'train' or 't10k'."""
+    import numpy as np
+    import torch
+
+    images = torch.as_tensor(images)
+    if images.dim() == 4:
+        if images.shape[1] != 1:
+            raise SystemExit(f"IDX subsets hold grey images; {folder} would get {images.shape[1]} channels: "
+                             "run this profile without --unknown_images/--train_images (0)")
+        images = images[:, 0]
+    if images.dtype != torch.uint8:
+        images = (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    write_idx(os.path.join(folder, f"{split}-labels-idx1-ubyte.gz"), np.asarray(labels, dtype=np.uint8))
+    write_idx(os.path.join(folder, f"{split}-images-idx3-ubyte.gz"), images.numpy())
+
+
+def write_digits_set(folder: str) -> str:
+    """All 1,797 scikit-learn digits (8x8, every class) at 28x28 as an IDX test split: an
+    unknown set that needs no download (use it as idx:FOLDER)."""
+    import torch
+
+    from datasets.sources import load_digits_split
+
+    (train_x, train_y), (test_x, test_y) = load_digits_split(True), load_digits_split(False)
+    write_idx_split(folder, "t10k", torch.cat([train_x, test_x]), torch.cat([train_y, test_y]).tolist())
+    return folder
+
+
+def _first(dataset, count: int):
+    import torch
+
+    count = min(count, len(dataset))
+    items = [dataset[i] for i in range(count)]
+    return torch.stack([x for x, _ in items]), [int(y) for _, y in items]
+
+
+def materialise(plan: Plan, data_dir: str, log) -> None:
+    """Write the IDX subsets the plan reads (once: existing folders are kept)."""
+    from datasets.registry import get_known_dataset, get_unknown_dataset
+
+    shapes = {}
+    for name, class_num, folder, train_n, test_n in plan.data["known"]:
+        if not os.path.isfile(os.path.join(folder, "t10k-images-idx3-ubyte.gz")):
+            for split, train, count in (("train", True, train_n), ("t10k", False, test_n)):
+                images, labels = _first(get_known_dataset(name, data_dir, class_num, train), count)
+                write_idx_split(folder, split, images, labels)
+            log(f"wrote the first {train_n} training and {test_n} test images of {name} to {folder}")
+        shapes[name] = tuple(get_known_dataset(f"idx:{folder}", data_dir, class_num, False).image_shape)
+    for name, known, class_num, folder, count in plan.data["unknown"]:
+        if os.path.isfile(os.path.join(folder, "t10k-images-idx3-ubyte.gz")):
+            continue
+        dataset = get_unknown_dataset(name, data_dir, class_num, shapes[known], train=False, seed=0)
+        images, _ = _first(dataset, count)
+        write_idx_split(folder, "t10k", images, [0] * len(images))
+        log(f"wrote the first {len(images)} images of {name} to {folder}")
+
+
+# --------------------------------------------------------------------------------------
+# Running the steps
+# --------------------------------------------------------------------------------------
+class Clock:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        elapsed = int(time.perf_counter() - self.start)
+        print(f"[ood_benchmark {elapsed // 3600:d}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}] {message}", flush=True)
+
+
+def read_json(path: str):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def write_json(path: str, value) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(value, handle, indent=2, allow_nan=False)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def summary_unknowns(path: str) -> set[str]:
+    import pandas as pd
+
+    return set(pd.read_csv(path)["unknown"].astype(str))
+
+
+def step_done(step: Step) -> bool:
+    if not os.path.isfile(step.done_file):
+        return False
+    if step.kind == "test":
+        return set(step.unknown) <= summary_unknowns(step.done_file)
+    return True
+
+
+def _started(folder: str) -> bool:
+    return os.path.isdir(folder) and any(not name.startswith(".") for name in os.listdir(folder))
+
+
+def run_training(step: Step) -> str:
+    """main.py or an autoencoder script in this process; returns the checkpoint path. An
+    interrupted main.py run resumes from its last checkpoint; anything else a step left
+    unfinished is replaced (--overwrite)."""
+    argv = list(step.argv)
+    if step.script == "main.py":
+        import main as train_script
+
+        last = os.path.join(step.output_dir, "checkpoints", "last.ckpt")
+        if os.path.isfile(last):  # interrupted after an epoch: resume
+            argv += ["--checkpoint_path", last]
+        elif _started(step.output_dir):
+            argv += ["--overwrite"]
+        return train_script.main(argv)
+    from utils.autoencoder_training import train_autoencoder
+
+    if _started(step.output_dir):
+        argv += ["--overwrite"]
+    if step.script == "mnist_ae.py":
+        import mnist_ae
+
+        return train_autoencoder(mnist_ae.build_parser().parse_args(argv), arch="mnist")
+    import train_resnet_ae
+
+    args = train_resnet_ae.build_parser().parse_args(argv)
+    enc_type = args.enc_type or ("resnet50" if args.known_dataset == "cifar100_known" else "resnet18")
+    return train_autoencoder(args, arch=enc_type)
+
+
+def run_step(step: Step) -> float:
+    """Run one step (unless done); returns its recorded seconds."""
+    timing = os.path.join(step.output_dir, "timing.json")
+    start = time.perf_counter()
+    if step.kind == "test":
+        import test as test_script
+
+        test_script.main(step.argv + (["--overwrite"] if _started(step.output_dir) else []))
+        seconds = time.perf_counter() - start
+        write_json(timing, {"seconds": seconds})
+    else:
+        checkpoint = run_training(step)
+        seconds = time.perf_counter() - start
+        if step.kind == "ae" and os.path.abspath(checkpoint) != os.path.join(step.output_dir, "last.ckpt"):
+            import shutil
+
+            shutil.copyfile(checkpoint, os.path.join(step.output_dir, "last.ckpt"))
+        write_json(step.done_file, {"seconds": seconds, "checkpoint": checkpoint})
+    gc.collect()
+    return seconds
+
+
+def recorded_seconds(step: Step) -> float:
+    path = step.done_file if step.kind != "test" else os.path.join(step.output_dir, "timing.json")
+    try:
+        return float(read_json(path)["seconds"])
+    except (OSError, KeyError, ValueError):
+        return float("nan")
+
+
+# --------------------------------------------------------------------------------------
+# Rows: per seed, then aggregated
+# --------------------------------------------------------------------------------------
+def per_seed_rows(plan: Plan) -> list[dict]:
+    """Every (seed, setting, method, unknown set) row of the finished test.py calls."""
+    import pandas as pd
+
+    rows = []
+    for step in plan.steps:
+        if step.kind != "test" or not os.path.isfile(step.done_file):
+            continue
+        seconds = {name: recorded_seconds(source) for name, source in step.sources.items()}
+        folder = os.path.basename(step.output_dir)
+        frame = pd.read_csv(step.done_file)
+        frame = frame[frame["unknown"] != "mean"]
+        for _, record in frame.iterrows():
+            method = record["method"]
+            if folder == "eval_vmdls_ae":
+                if method != "vmdls":
+                    continue
+                method, train_s = "vmdls_ae", seconds["vmdls"] + seconds["ae"]
+            elif folder == "eval_vmdls":
+                if method not in ("vmdls", "vmdls_latent", "untrained"):
+                    continue
+                train_s = 0.0 if method == "untrained" else seconds["vmdls"]
+            else:
+                train_s = seconds["ce"]
+            unknown = str(record["unknown"])
+            if unknown not in step.unknown:
+                continue
+            rows.append({"seed": step.seed, "setting": step.setting, "method": method,
+                         "unknown": plan.names.get(unknown, display_name(unknown)),
+                         **{k: float(record[k]) for k in METRICS},
+                         "train_seconds": train_s, "eval_seconds": recorded_seconds(step)})
+    order = {m: i for i, m in enumerate(METHODS)}
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    rows.sort(key=lambda r: (settings.index(r["setting"]), order.get(r["method"], len(order)), r["seed"]))
+    return rows
+
+
+def _clean(value):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Per-seed rows -> one row per (setting, method, unknown): means over the seeds and the
+    SAMPLE std (ddof=1; 0.0 for a single seed) of AUROC and of FPR at 95% TPR.
+
+    Each input row has ``method``, ``unknown``, ``seed``, the METRICS, ``train_seconds``,
+    ``eval_seconds`` and optionally ``setting``; the output keeps the rows' first order."""
+    import numpy as np
+
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row.get("setting", ""), row["method"], row["unknown"]), []).append(row)
+    out = []
+    for (setting, method, unknown), members in groups.items():
+        members = sorted(members, key=lambda r: r["seed"])
+        result = {"setting": setting, "method": method, "unknown": unknown}
+        for key in (*METRICS, "train_seconds", "eval_seconds"):
+            values = np.array([float(m[key]) for m in members], dtype=float)
+            result[key] = float(values.mean())
+            if key in ("auroc", "fpr_at_95_tpr"):
+                result[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        result["seeds"] = [int(m["seed"]) for m in members]
+        result["auroc_per_seed"] = [float(m["auroc"]) for m in members]
+        out.append({k: _clean(v) for k, v in result.items()})
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Report: Markdown table and bar chart
+# --------------------------------------------------------------------------------------
+def _pct(mean, std=None) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    return f"{100 * mean:.2f}" if std is None else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def _mean_over_sets(members: list[dict]) -> tuple[float, float]:
+    """Mean AUROC over the sets, and its sample std over the seeds (from auroc_per_seed)."""
+    import numpy as np
+
+    per_seed = [m.get("auroc_per_seed") or [m["auroc"]] for m in members]
+    if len({len(p) for p in per_seed}) == 1:
+        values = np.mean(np.array(per_seed, dtype=float), axis=0)
+        return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return float(np.mean([m["auroc"] for m in members])), float("nan")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Rows = methods (setting / method with several settings), columns = AUROC per set and
+    their mean, FPR at 95% TPR per set, closed-set accuracy, training seconds; all in %.
+    Settings with different unknown sets get one table each."""
+    settings = list(dict.fromkeys(r.get("setting", "") for r in rows))
+    tables: dict[tuple, list[str]] = {}
+    for setting in settings:
+        sets = tuple(dict.fromkeys(r["unknown"] for r in rows if r.get("setting", "") == setting))
+        tables.setdefault(sets, []).append(setting)
+    several = len(settings) > 1
+    parts = []
+    for sets, members in tables.items():
+        head = (["setting"] if several else []) + ["method"] + [f"AUROC {s}" for s in sets] + ["AUROC mean"] + \
+               [f"FPR95 {s}" for s in sets] + ["closed-set acc.", "train s"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for setting in members:
+            methods = list(dict.fromkeys(r["method"] for r in rows if r.get("setting", "") == setting))
+            for method in methods:
+                cells = {r["unknown"]: r for r in rows if r.get("setting", "") == setting and r["method"] == method}
+                present = [cells[s] for s in sets if s in cells]
+                mean, std = _mean_over_sets(present)
+                accuracy = sum(r["closed_set_accuracy"] for r in present) / len(present)
+                train = sum(r["train_seconds"] or 0.0 for r in present) / len(present)
+                line = ([setting] if several else []) + [method]
+                line += [_pct(cells[s]["auroc"], cells[s].get("auroc_std")) if s in cells else "-" for s in sets]
+                line += [_pct(mean, None if math.isnan(std) else std)]
+                line += [_pct(cells[s]["fpr_at_95_tpr"], cells[s].get("fpr_at_95_tpr_std")) if s in cells else "-"
+                         for s in sets]
+                line += [_pct(accuracy), f"{train:.0f}"]
+                lines.append("| " + " | ".join(line) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def write_report(rows: list[dict], output_dir: str, header: str = "") -> dict[str, str]:
+    """results.md and auroc.png (plus auroc_<setting>.png with several settings)."""
+    from utils.plots import plot_grouped_bars
+
+    os.makedirs(output_dir, exist_ok=True)
+    seeds = sorted({s for r in rows for s in r.get("seeds", [])})
+    files = {"md": os.path.join(output_dir, "results.md"), "png": os.path.join(output_dir, "auroc.png")}
+    text = (header.rstrip() + "\n\n" if header else "") + \
+        f"AUROC and FPR at 95% TPR in %, mean ± sample std over seeds {seeds}; closed-set accuracy in %; " \
+        "train s: seconds of training the method's model(s).\n\n" + markdown_table(rows)
+    with open(files["md"], "w") as handle:
+        handle.write(text)
+    settings = list(dict.fromkeys(r.get("setting", "") for r in rows))
+
+    def chart(members: list[dict], path: str, title: str) -> str:
+        values: dict[str, dict[str, float]] = {}
+        errors: dict[str, dict[str, float]] = {}
+        for r in members:
+            values.setdefault(r["unknown"], {})[r["method"]] = 100 * r["auroc"]
+            errors.setdefault(r["unknown"], {})[r["method"]] = 100 * (r.get("auroc_std") or 0.0)
+        methods = list(dict.fromkeys(r["method"] for r in members))
+        if len(values) == 1:
+            return plot_grouped_bars(values, path, ylabel="AUROC (%)", title=title, errors=errors)
+        values["mean"], errors["mean"] = {}, {}
+        for method in methods:
+            mean, std = _mean_over_sets([r for r in members if r["method"] == method])
+            values["mean"][method], errors["mean"][method] = 100 * mean, 0.0 if math.isnan(std) else 100 * std
+        low = min(v for group in values.values() for v in group.values() if not math.isnan(v))
+        return plot_grouped_bars(values, path, ylabel="AUROC (%)", title=title, errors=errors,
+                                 ylim=(max(0.0, math.floor(low / 5) * 5 - 5), 100.5))
+
+    if len(settings) == 1:
+        chart(rows, files["png"], f"AUROC by method and unknown set ({settings[0]})")
+    else:
+        for setting in settings:
+            chart([r for r in rows if r.get("setting", "") == setting],
+                  os.path.join(output_dir, f"auroc_{slug(setting)}.png"), f"AUROC ({setting})")
+        values = {}
+        for setting in settings:
+            members = [r for r in rows if r.get("setting", "") == setting]
+            for method in dict.fromkeys(r["method"] for r in members):
+                values.setdefault(setting, {})[method] = 100 * _mean_over_sets(
+                    [r for r in members if r["method"] == method])[0]
+        plot_grouped_bars(values, files["png"], ylabel="mean AUROC over the unknown sets (%)",
+                          title="AUROC by setting and method")
+    return files
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+def parse(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=tuple(PROFILES), default="quick")
+    parser.add_argument("--data_dir", default="./data", help="torchvision-style data folder")
+    parser.add_argument("--output_dir", default=None, help="default: outputs/ood_<profile>")
+    parser.add_argument("--unknown", nargs="+", default=None, metavar="NAME",
+                        help="unknown sets: registry names or idx:PATH / folder:PATH (default: the profile's)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
+    parser.add_argument("--accelerator", choices=("cpu", "gpu", "auto"), default="auto")
+    parser.add_argument("--num_workers", type=int, default=None, help="default: 0 (quick, tiny), 4 (paper)")
+    parser.add_argument("--dry_run", action="store_true", help="print the commands (and which are done); run none")
+    budget = parser.add_argument_group("budget overrides (default: the profile's)")
+    budget.add_argument("--train_images", type=int, default=None, help="known training images written as IDX (0: all)")
+    budget.add_argument("--test_images", type=int, default=None, help="known test images written as IDX")
+    budget.add_argument("--unknown_images", type=int, default=None,
+                        help="images of each unknown set written as IDX (0: the sets as they are)")
+    budget.add_argument("--max_epochs", type=int, default=None, help="VMDLS and ce epochs")
+    budget.add_argument("--ae_epochs", type=int, default=None, help="autoencoder epochs")
+    budget.add_argument("--limit_train_batches", type=int, default=None, help="batches per epoch, every training")
+    budget.add_argument("--lr", type=float, default=None,
+                        help="VMDLS and ce learning rate (default: the paper's command's, 1e-4 for MNIST)")
+    paper = parser.add_argument_group("paper profile")
+    paper.add_argument("--settings", nargs="+", default=None, metavar="NAME", help=", ".join(PAPER_ORDER))
+    paper.add_argument("--weights_dir", default=None, help="where --weights files are (default: --data_dir)")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    args.output_dir = args.output_dir or os.path.join("outputs", f"ood_{args.profile}")
+    if args.num_workers is None:
+        args.num_workers = DEFAULT_WORKERS[args.profile]
+    defaults = SUBSETS[args.profile]
+    for name, default in zip(("train_images", "test_images", "unknown_images"), defaults):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if bool(args.train_images) != bool(args.test_images):
+        parser.error("--train_images and --test_images go together (both 0: the known set as it is)")
+    return args
+
+
+def budget_of(args, settings: list[Setting]) -> dict:
+    return {"profile": args.profile, "train_images": args.train_images, "test_images": args.test_images,
+            "unknown_images": args.unknown_images,
+            "settings": {s.name: {"known": s.known, "train": s.train_flags, "ae": [s.ae_script, *s.ae_flags],
+                                  "test": s.test_flags} for s in settings}}
+
+
+def budget_header(args, settings: list[Setting]) -> str:
+    lines = [f"# OOD benchmark, profile {args.profile}", ""]
+    if args.train_images:
+        lines.append(f"Known set: the first {args.train_images} training and {args.test_images} test images; "
+                     f"each unknown set: its first {args.unknown_images} test images (IDX under data/).")
+    for s in settings:
+        lines.append(f"- {s.name}: known {s.known} ({s.class_num} classes); main.py {' '.join(s.train_flags)}; "
+                     f"{s.ae_script} {' '.join(s.ae_flags)}; test.py {' '.join(s.test_flags)}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> list[dict]:
+    args = parse(argv)
+    settings = PROFILES[args.profile](args)
+    plan = build_plan(args, settings)
+    log = Clock()
+    if args.dry_run:
+        for name, class_num, folder, train_n, test_n in plan.data["known"]:
+            print(f"# write the first {train_n} training / {test_n} test images of {name} to idx:{folder}")
+        for name, _, _, folder, count in plan.data["unknown"]:
+            print(f"# write the first {count} images of {name} to idx:{folder}")
+        for step in plan.steps:
+            status = "done" if step_done(step) else "todo"
+            print(f"# seed {step.seed} · {step.setting} · {step.label} [{status}]")
+            print(step.command())
+        return []
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = os.path.abspath(args.output_dir)
+    os.makedirs(out, exist_ok=True)
+    config_path, budget = os.path.join(out, "config.json"), budget_of(args, settings)
+    if os.path.isfile(config_path):
+        recorded = read_json(config_path)
+        if recorded != json.loads(json.dumps(budget)):
+            raise SystemExit(f"{out} holds runs of another budget (its config.json differs); give another "
+                             "--output_dir or the same flags")
+    write_json(config_path, budget)
+    log(f"profile {args.profile}: {len(settings)} setting(s), seeds 0..{args.seeds - 1}, "
+        f"{len(plan.steps)} steps, output {out}")
+    materialise(plan, args.data_dir, log)
+    total = len(plan.steps)
+    for index, step in enumerate(plan.steps, 1):
+        where = f"step {index}/{total} · seed {step.seed} · {step.setting} · {step.label}"
+        if step_done(step):
+            log(f"{where}: done before, kept")
+            continue
+        log(f"{where}: running")
+        seconds = run_step(step)
+        log(f"{where}: finished in {seconds:.0f} s")
+        rows = aggregate(per_seed_rows(plan))
+        write_json(os.path.join(out, "results.json"), rows)  # partial results as the run goes
+    rows = aggregate(per_seed_rows(plan))
+    write_json(os.path.join(out, "results.json"), rows)
+    files = write_report(rows, out, budget_header(args, settings))
+    with open(files["md"]) as handle:
+        print(handle.read())
+    log(f"results: {os.path.join(out, 'results.json')}, {files['md']}, {files['png']}")
+    return rows
+
+
+if __name__ == "__main__":
+    from utils.cli import run_main
+
+    run_main(main)

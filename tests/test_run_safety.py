@@ -1,0 +1,297 @@
+"""Runs never overwrite or mislabel each other, saving fails loudly, divergence stops
+training (issue 10, points 3-5): end to end through main.main / test.main and run_main,
+on tiny runs over the embedded digits data."""
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import main as train_script
+import test as test_script
+from utils.cli import OutputFolder, run_main
+from utils.errors import UserError
+from utils.loggers import RunCSVLogger, atomic_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "--enc_type", "mnist-conv", "--enc_out_dim", "500", "--latent_dim", "8",
+    "--known_dataset", "digits", "--unknown_dataset", "digits_unknown", "--class_num", "6",
+    "--data_transforms", "blob", "--input_height", "28", "--batch_classes", "6", "--sample_count", "4",
+    "--batch_size", "64", "--opt", "adam", "--lr", "0.001", "--accelerator", "cpu", "--num_workers", "0",
+    "--offline", "--logger", "csv", "--seed", "3", "--limit_train_batches", "2", "--limit_val_batches", "1",
+]
+
+
+def train(output_dir, *extra, argv=TINY):
+    return train_script.main([*argv, "--output_dir", str(output_dir), *extra])
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def refused(capsys, call) -> str:
+    """Run ``call`` as a script does: exit status 2 and exactly one line on stderr, returned."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(call)
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def stopped(capsys, call) -> str:
+    """A run that failed after training started: exit 2, the last stderr line is the error."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(call)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    return last.split("\r")[-1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """One finished run of two steps (one epoch), copied by each test that changes it."""
+    torch.set_num_threads(1)
+    folder = tmp_path_factory.mktemp("base") / "run"
+    train(folder, "--max_steps", "2")
+    return folder
+
+
+@pytest.fixture
+def used(base, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(base, folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------ reusing a folder
+
+def test_a_new_run_into_a_used_folder_is_refused(used, capsys):
+    before = (used / "checkpoints" / "last.ckpt").read_bytes(), (used / "args.json").read_text()
+    line = refused(capsys, lambda: train(used, "--max_steps", "2"))
+    assert "--overwrite" in line and "--checkpoint_path" in line and str(used) in line
+    assert ((used / "checkpoints" / "last.ckpt").read_bytes(), (used / "args.json").read_text()) == before
+
+
+def test_overwrite_replaces_the_run_and_the_printed_path_is_the_new_model(used, capsys):
+    old = load(used / "checkpoints" / "last.ckpt")
+    capsys.readouterr()
+    last = train(used, "--max_steps", "2", "--seed", "5", "--overwrite")
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"last checkpoint: {last}"
+    assert last == str(used / "checkpoints" / "last.ckpt")
+    assert sorted(p.name for p in (used / "checkpoints").iterdir()) == ["epoch000.ckpt", "last.ckpt"]  # no -v1
+    new = load(last)
+    assert new["datamodule_hyper_parameters"]["seed"] == 5  # this run's model, not the previous one
+    assert not torch.equal(new["state_dict"]["fc_mu.weight"], old["state_dict"]["fc_mu.weight"])
+    assert json.loads((used / "args.json").read_text())["seed"] == 5
+
+
+def test_a_resumed_run_appends_to_its_metrics_and_uses_the_checkpoints_settings(used):
+    rows = pd.read_csv(used / "metrics.csv")
+    argv = [a for i, a in enumerate(TINY) if a != "--lr" and (i == 0 or TINY[i - 1] != "--lr")]  # --lr not given
+    last = train(used, "--max_steps", "4", "--checkpoint_path", str(used / "checkpoints" / "last.ckpt"), argv=argv)
+    assert load(last)["global_step"] == 4
+    after = pd.read_csv(used / "metrics.csv")
+    assert len(after) > len(rows)
+    pd.testing.assert_frame_equal(after.iloc[:len(rows)][list(rows.columns)], rows, check_dtype=False)
+    assert after["step"].iloc[len(rows):].min() >= rows["step"].max()
+    record = json.loads((used / "args.json").read_text())
+    assert record["lr"] == 0.001 and record["checkpoint_path"].endswith("last.ckpt")  # what the run used
+    assert len(record["previous_runs"]) == 1 and record["previous_runs"][0]["max_steps"] == 2
+
+
+def test_resuming_with_another_lr_is_refused(used, capsys):
+    rows = (used / "metrics.csv").read_text()
+    line = refused(capsys, lambda: train(used, "--max_steps", "4", "--lr", "0.01",
+                                         "--checkpoint_path", str(used / "checkpoints" / "last.ckpt")))
+    assert "--lr 0.01" in line and "0.001" in line
+    assert (used / "metrics.csv").read_text() == rows
+
+
+def test_overwrite_cannot_delete_the_checkpoint_being_resumed(used, capsys):
+    line = refused(capsys, lambda: train(used, "--max_steps", "4", "--overwrite",
+                                         "--checkpoint_path", str(used / "checkpoints" / "last.ckpt")))
+    assert "--overwrite" in line and (used / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_the_demo_reruns_over_its_own_outputs():
+    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    commands = [line for line in text.splitlines() if re.search(r"\$\(PY\) (main|mnist_ae|test)\.py", line)]
+    assert len(commands) == 3 and all("--overwrite" in line for line in commands)
+
+
+def test_an_autoencoder_run_into_a_used_folder_is_refused(tmp_path, capsys):
+    import mnist_ae
+    from utils.autoencoder_training import train_autoencoder
+
+    (tmp_path / "last.ckpt").write_bytes(b"previous")
+    args = mnist_ae.build_parser().parse_args(["--known_dataset", "digits", "--class_num", "6", "--accelerator",
+                                               "cpu", "--num_workers", "0", "--output_dir", str(tmp_path)])
+    line = refused(capsys, lambda: train_autoencoder(args, arch="mnist"))
+    assert "--overwrite" in line and "last.ckpt" in line
+    assert (tmp_path / "last.ckpt").read_bytes() == b"previous"
+
+
+# ------------------------------------------------------------------------------ saving fails loudly
+
+def test_an_unwritable_checkpoints_folder_stops_before_training(tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    if os.geteuid() == 0:  # permissions do not bind root: a file where the folder should be
+        (folder / "checkpoints").write_text("")
+    else:
+        (folder / "checkpoints").mkdir(mode=0o500)
+    try:
+        line = refused(capsys, lambda: train(folder, "--max_steps", "2"))
+    finally:
+        if (folder / "checkpoints").is_dir():
+            (folder / "checkpoints").chmod(0o700)
+    assert "checkpoints" in line and "--output_dir" in line
+    assert not (folder / "metrics.csv").exists() and not (folder / "args.json").exists()
+
+
+def test_a_checkpoint_that_cannot_be_written_ends_the_run(tmp_path, capsys, monkeypatch):
+    from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    def disk_full(self, checkpoint, path, storage_options=None):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", disk_full)
+    folder = tmp_path / "run"
+    line = stopped(capsys, lambda: train(folder, "--max_steps", "2"))
+    assert "cannot write" in line and ".ckpt" in line and "No space left on device" in line
+    assert "last checkpoint:" not in capsys.readouterr().out
+    assert list((folder / "checkpoints").iterdir()) == []  # no half-written file under any name
+
+
+def test_an_unwritable_evaluation_folder_is_one_sentence(base, tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("a file")
+    line = refused(capsys, lambda: test_script.main(["--checkpoint_path", str(base / "checkpoints" / "last.ckpt"),
+                                                     "--accelerator", "cpu", "--output_dir", str(target)]))
+    assert str(target) in line and "--output_dir" in line
+
+
+def test_atomic_path_uses_unique_temporary_names_and_a_failed_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "results.json"
+    target.write_text("old")
+    with atomic_path(str(target)) as first, atomic_path(str(target)) as second:
+        assert first != second and os.path.dirname(first) == str(tmp_path)
+        Path(first).write_text("first")
+        Path(second).write_text("second")
+    assert target.read_text() == "first"  # the outer one finished last
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_path(str(target)) as tmp:
+            Path(tmp).write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "first"
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    with pytest.raises(UserError, match="cannot write"):
+        with atomic_path(str(folder)) as tmp:
+            Path(tmp).write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_folder", "results.json"]  # no temporary left
+
+
+def test_a_second_run_into_a_locked_folder_is_refused(tmp_path, capsys):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with OutputFolder(str(folder)).lock():
+        line = refused(capsys, lambda: train(folder, "--max_steps", "2"))
+    assert line == f"error: another run is writing into {folder}; wait for it to finish, or pick another --output_dir"
+    assert not (folder / "args.json").exists()
+
+
+def test_metrics_csv_keeps_its_rows_when_new_columns_arrive(tmp_path):
+    (tmp_path / "metrics.csv").write_text("epoch,loss,step\n0,1.5,0\n")
+    logger = RunCSVLogger(save_dir=str(tmp_path), name="", version="", keep_rows=True)
+    logger.log_metrics({"loss": 1.0, "accuracy": 0.5}, step=1)
+    logger.save()
+    frame = pd.read_csv(tmp_path / "metrics.csv")
+    assert frame["step"].tolist() == [0, 1] and frame["loss"].tolist() == [1.5, 1.0]
+    assert frame["accuracy"].isna().tolist() == [True, False]
+
+
+# ------------------------------------------------------------------------------ evaluations
+
+def evaluate(base, output_dir, *extra):
+    return test_script.main(["--checkpoint_path", str(base / "checkpoints" / "last.ckpt"), "--data_transforms",
+                             "blob", "--accelerator", "cpu", "--num_workers", "0", "--offline", "--logger", "csv",
+                             "--output_dir", str(output_dir), *extra])
+
+
+def test_an_evaluation_never_leaves_results_beside_another_runs_plots(base, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "results.json").write_text('{"auroc": "previous"}')
+    (out / "roc.png").write_bytes(b"previous")
+    line = refused(capsys, lambda: evaluate(base, out))
+    assert "--overwrite" in line and (out / "results.json").read_text() == '{"auroc": "previous"}'
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(test_script, "write_scores", killed)  # killed after the plots, before the results
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(base, out, "--overwrite")
+    assert not (out / "results.json").exists() and (out / "roc.png").read_bytes() != b"previous"
+    monkeypatch.undo()
+
+    results = evaluate(base, out, "--overwrite")
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["auroc"] == pytest.approx(results["auroc"])
+    newest = max(p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != ".lock")
+    assert (out / "results.json").stat().st_mtime_ns == newest  # written last
+
+
+# ------------------------------------------------------------------------------ divergence
+
+def test_a_diverging_run_stops_with_the_epoch_step_and_learning_rate(tmp_path, capsys):
+    folder = tmp_path / "run"
+    line = stopped(capsys, lambda: train(folder, "--max_steps", "6", "--lr", "1e6"))
+    assert re.search(r"training diverged: the loss is (nan|inf) at epoch 0, step \d+ \(learning rate 1e\+06\); "
+                     r"lower --lr", line), line
+    assert "no class has any sample" not in line.lower()
+    assert not list((folder / "checkpoints").glob("*.ckpt"))  # it diverged within the first epoch
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    from models.vmdls import VMDLS
+
+    step = VMDLS.training_step
+
+    def nan_from_step_3(self, batch, batch_idx):
+        loss = step(self, batch, batch_idx)
+        return loss * float("nan") if self.trainer.global_step >= 3 else loss
+
+    monkeypatch.setattr(VMDLS, "training_step", nan_from_step_3)
+    folder = tmp_path / "run"
+    line = stopped(capsys, lambda: train(folder, "--max_steps", "6"))  # validation on: epoch 0 validates
+    assert "training diverged: the loss is nan at epoch 1, step 3 (learning rate 0.001); lower --lr" in line
+    checkpoints = sorted(p.name for p in (folder / "checkpoints").iterdir())
+    assert checkpoints == ["epoch000.ckpt", "last.ckpt"]  # epoch 0's, and nothing else
+    last = load(folder / "checkpoints" / "last.ckpt")
+    assert last["epoch"] == 0 and last["global_step"] == 2
+    assert all(torch.isfinite(v).all() for k, v in last["state_dict"].items()
+               if v.is_floating_point() and "bounds" not in k)
