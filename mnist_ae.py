@@ -19,9 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
                                     max_epochs=50)
 
 
-def main() -> None:
-    args = build_parser().parse_args()
-    announce_checkpoint(train_autoencoder(args, arch="mnist"))
+def main(argv: list[str] | None = None) -> str:
+    args = build_parser().parse_args(argv)
+    checkpoint = train_autoencoder(args, arch="mnist")
+    announce_checkpoint(checkpoint)
+    return checkpoint
 
 
 if __name__ == "__main__":

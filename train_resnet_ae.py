@@ -24,12 +24,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main() -> None:
-    args = build_parser().parse_args()
+def main(argv: list[str] | None = None) -> str:
+    args = build_parser().parse_args(argv)
     enc_type = args.enc_type or ("resnet50" if args.known_dataset == "cifar100_known" else "resnet18")
     if enc_type not in ("resnet18", "resnet50"):
         raise UserError(f"--enc_type {enc_type!r} is not supported here; use resnet18 or resnet50")
-    announce_checkpoint(train_autoencoder(args, arch=enc_type))
+    checkpoint = train_autoencoder(args, arch=enc_type)
+    announce_checkpoint(checkpoint)
+    return checkpoint
 
 
 if __name__ == "__main__":

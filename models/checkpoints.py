@@ -96,6 +96,20 @@ def untrained_vmdls(checkpoint: dict, overrides: dict | None = None, seed: int |
     return build_vmdls(checkpoint, overrides).eval()
 
 
+def _size_mismatch(own: dict, saved: dict) -> tuple[str, str] | None:
+    """(setting, sentence) when the checkpoint's class count, latent size or feature size
+    differs from the model's, read off the tensors that carry them."""
+    checks = (("class_means", 0, "class_num", "classes"), ("fc.weight", 0, "class_num", "classes"),
+              ("fc_mu.weight", 0, "latent_dim", "latent dimensions"),
+              ("fc_mu.weight", 1, "enc_out_dim", "backbone features"),
+              ("fc.weight", 1, "enc_out_dim", "backbone features"))
+    for key, axis, setting, what in checks:
+        if key in own and key in saved and saved[key].dim() > axis and own[key].shape[axis] != saved[key].shape[axis]:
+            return setting, (f"the checkpoint was trained with {saved[key].shape[axis]} {what}, not "
+                             f"{own[key].shape[axis]}; set {setting} to {saved[key].shape[axis]} or leave it out")
+    return None
+
+
 def load_vmdls(checkpoint: dict, overrides: dict | None = None) -> tuple[VMDLS, list[str]]:
     """Build the model from a checkpoint's hyperparameters (``overrides`` win) and load its
     weights. Returns the model and the names of the weights the checkpoint lacked, other
@@ -103,6 +117,9 @@ def load_vmdls(checkpoint: dict, overrides: dict | None = None) -> tuple[VMDLS, 
     model = build_vmdls(checkpoint, overrides)
     hparams = dict(model.hparams)
     state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(_FOREIGN_PREFIXES)}
+    mismatch = _size_mismatch(model.state_dict(), state)
+    if mismatch:
+        raise UserError(mismatch[1], setting=mismatch[0])
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as error:
@@ -136,6 +153,10 @@ def checkpoint_kind(checkpoint: dict) -> str:
     """
     hparams = checkpoint_hparams(checkpoint)
     state = checkpoint.get("state_dict") or {}
+    if "arch" in hparams and any(key.startswith("net.decoder.") for key in state):
+        raise UserError("the checkpoint is an autoencoder's (from mnist_ae.py or train_resnet_ae.py), not a trained "
+                        "model; pass it to test.py --ae_checkpoint, and give the model main.py wrote",
+                        setting="checkpoint_path")
     objective = hparams.get("objective")
     if objective == "ce" or ("fc.weight" in state and "fc_mu.weight" not in state):
         return "ce"
@@ -174,6 +195,9 @@ def load_classifier(checkpoint: dict, overrides: dict | None = None) -> CrossEnt
                         "by main.py --objective ce", setting="checkpoint_path")
     model = build_classifier(checkpoint, overrides)
     hparams = dict(model.hparams)
+    mismatch = _size_mismatch(model.state_dict(), checkpoint["state_dict"])
+    if mismatch:
+        raise UserError(mismatch[1], setting=mismatch[0])
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as error:
