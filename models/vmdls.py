@@ -99,6 +99,14 @@ class VMDLS(pl.LightningModule):
         self._resumed_epoch = 0
         self._statistics_ready = False  # mirrors finished_epochs > 0 without a device sync
 
+    def setup(self, stage: str) -> None:
+        # DDP copies rank 0's buffers to every process before each forward pass; the
+        # epoch's running sums are each process's own until finish_epoch_statistics
+        # all-reduces them, so DDP must leave them alone.
+        own_sums = [name for name, _ in self.named_buffers()
+                    if name.startswith(("epoch_stats.", "latent_stats.")) or name == "sampling_std_sum"]
+        torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, own_sums)
+
     @classmethod
     def hyperparameter_names(cls) -> tuple[str, ...]:
         """The names __init__ takes: what a checkpoint's hyperparameters may set."""

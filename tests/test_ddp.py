@@ -45,9 +45,6 @@ def test_all_reduced_statistics_equal_single_process_numpy():
         np.testing.assert_array_equal(counts, [np.sum(y == c) for c in range(3)])
 
 
-@pytest.mark.xfail(strict=True, reason="open (issue 10 point 8): the 2-process run's class statistics of mu differ "
-                                       "from the 1-process run's by about 1e-3 relative although the sampler deals "
-                                       "both the same batches (checked); not yet explained")
 def test_two_processes_compute_what_one_process_computes(tmp_path):
     """main.py with 2 CPU processes (gloo; Lightning's ddp launcher starts the second) against
     1 process on the same data and seed. The weights are held still (lr 1e-12) and nothing
