@@ -147,6 +147,12 @@ def test_tiny_end_to_end(tmp_path, capsys):
     assert "[todo]" not in _dry(capsys, *argv)
     assert bench.main(argv) == rows
     assert os.path.getmtime(marker) == stamp
+    # A step left unfinished (its folder written, no done.json / summary.csv) runs again
+    # over its own leftovers: the scripts refuse a used folder unless --overwrite.
+    os.remove(os.path.join(out_dir, "seed0", "ae_digits", "done.json"))
+    os.remove(os.path.join(out_dir, "seed0", "digits", "eval_ce", "summary.csv"))
+    assert [r["method"] for r in bench.main(argv)] == list(bench.METHODS)
+    assert os.path.isfile(os.path.join(out_dir, "seed0", "ae_digits", "done.json"))
     # Another budget into the same folder stops.
     with pytest.raises(SystemExit):
         bench.main(argv + ["--max_epochs", "2"])
