@@ -121,13 +121,6 @@ def load_reconstruction_autoencoder(args):
     return None
 
 
-def build_detector(model, autoencoder, datamodule, device):
-    """The paper's detector alone (models.detector), for callers that want its pytorch-ood interface."""
-    from models.detector import FeatureEnsembleDetector
-
-    return FeatureEnsembleDetector(model, autoencoder, preprocess=datamodule.preprocess, device=device)
-
-
 def set_folder(output_dir: str, name: str, several: bool) -> str:
     """Where one unknown set's files go: the output folder itself for a single set (as
     before), a sub-folder named after the set when there are several."""
@@ -249,20 +242,6 @@ def method_name(detector: str, untrained: bool) -> str:
     if not untrained:
         return detector
     return "untrained" if detector == "vmdls" else f"untrained_{detector}"
-
-
-def evaluate(args, detector, datamodule, keep_features: bool = False):
-    """The paper's detector on the data module's known + (first) unknown test set: fit the
-    class Gaussians, score; M and r_max of the evaluated images (the paper's set-level
-    step) or of the training set. Kept for callers of the pytorch-ood detector."""
-    from models.detector import score_set
-
-    train_mode = args.score_stats == "train"
-    detector.fit(progress(datamodule.fit_dataloader(), "fitting class Gaussians"), score_statistics=False)
-    if train_mode:
-        detector.fit_score_statistics(progress(datamodule.fit_dataloader(), "training-set score statistics"))
-    evaluation = detector.evaluate(progress(datamodule.test_dataloader(), "scoring"), keep_features=keep_features)
-    return detector.score(evaluation) if train_mode else score_set(evaluation)
 
 
 def evaluate_sets(evaluator, datamodule, unknown_names: list[str]) -> dict[str, tuple[dict, object]]:
