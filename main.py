@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--checkpoint_path", default=None, type=str,
                        help="resume from this checkpoint: epoch, optimiser, class statistics and margin")
     group.add_argument("--log_tsne", action="store_true", help="write a t-SNE of the trained latent space")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the backbone and the metric loss (for a GPU; on the CPU it did not pay: "
+                            "BENCHMARKS.md)")
     group.add_argument("--ae_features", action="store_true", help=argparse.SUPPRESS)  # test.py's; accepted here
     return parser
 
@@ -123,7 +126,7 @@ def _train(argv: list[str] | None, cleanup: ExitStack) -> str:
 
     from models.callbacks import AtomicCheckpointIO
     from models.classifier import CrossEntropyClassifier
-    from models.vmdls import VMDLS
+    from models.vmdls import VMDLS, prepare_for_speed
     from models.weights import load_backbone_weights
     from utils.cli import TRAINING_RUN, claim_output_dir, resume_settings, trainer_kwargs
     from utils.flags import explicit_flags
@@ -158,6 +161,7 @@ def _train(argv: list[str] | None, cleanup: ExitStack) -> str:
     model = model_class.from_args(args, in_channels=datamodule.image_shape[0])
     if args.weights and not args.checkpoint_path:
         print(load_backbone_weights(model.encoder, args.weights, trust=args.trust_checkpoint).summary())
+    prepare_for_speed(model, trainer_args["accelerator"], args.precision, args.compile)  # channels-last, --compile
 
     write_run_record(output_dir, args, argv, resumed=folder.resumed_here)
     checkpoint_dir = os.path.join(output_dir, "checkpoints")

@@ -336,7 +336,8 @@ def _main(argv: list[str] | None, cleanup: ExitStack) -> dict:
 
     def evaluator_for(network, keep_features: bool) -> Evaluator:
         return Evaluator(network, kind, detectors, autoencoder, preprocess=datamodule.preprocess, device=device,
-                         score_stats=args.score_stats, keep_features=keep_features, progress=progress)
+                         score_stats=args.score_stats, keep_features=keep_features, progress=progress,
+                         precision=args.precision)
 
     trained = evaluator_for(model, keep_features=args.log_tsne)
     pairs = evaluate_sets(trained, datamodule, unknown_names)

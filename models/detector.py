@@ -18,6 +18,7 @@ on top of :meth:`FeatureEnsembleDetector.evaluate`.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
@@ -28,6 +29,22 @@ from torch import nn
 from models.gaussians import ClassGaussians, ClassStatistics
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+# The most f(x) values (N x D) the fitting pass keeps to score the training set for
+# ``--score_stats train`` without a second pass (1e8 float32 values: 400 MB).
+FIT_KEEP_LIMIT = 10**8
+
+
+def _dataset_size(loader) -> int | None:
+    """The number of images a loader yields, when it says (a DataLoader over a sized dataset)."""
+    for candidate in (loader, getattr(loader, "iterable", None)):  # tqdm keeps the loader as .iterable
+        dataset = getattr(candidate, "dataset", None)
+        if dataset is not None:
+            try:
+                return len(dataset)
+            except TypeError:
+                return None
+    return None
 
 
 @dataclass
@@ -95,8 +112,11 @@ class FeatureEnsembleDetector(FeaturesDetector):
     def __init__(self, model: nn.Module | None, autoencoder: nn.Module | None = None,
                  preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  device: torch.device | str | None = None, num_classes: int | None = None,
-                 jitter_step: float = 1e-6, extra_steps: int = 2):
+                 jitter_step: float = 1e-6, extra_steps: int = 2, autocast_dtype: torch.dtype | None = None):
         super().__init__()
+        # The forward passes' autocast (test.py --precision bf16-mixed); features, statistics and
+        # scores stay float32 / float64.
+        self.autocast_dtype = autocast_dtype
         self.model = model.eval() if model is not None else None
         self.autoencoder = autoencoder.eval() if autoencoder is not None else None
         self.preprocess = preprocess or (lambda x: x)
@@ -121,8 +141,17 @@ class FeatureEnsembleDetector(FeaturesDetector):
         if self.model is None:
             raise ValueError("this detector was built without a model: use fit_features / predict_features")
         x = self.preprocess(x.to(self.device, non_blocking=True))
-        out = self.model.embed(x)
+        with self._autocast():
+            out = self.model.embed(x)
+        if self.autocast_dtype is not None:
+            out = {"h": out["h"].float(), "taps": [t.float() for t in out["taps"]], "mu": out["mu"].float(),
+                   "log_var": out["log_var"].float()}
         return x, out["taps"][0], torch.cat([*out["taps"], out["h"], out["mu"]], dim=1), out
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,40 +168,76 @@ class FeatureEnsembleDetector(FeaturesDetector):
         """mean over dims of (tap1(x) - tap1(AE(x)))^2; 1 without an autoencoder."""
         if self.autoencoder is None:
             return torch.ones(len(x), dtype=torch.float64, device=x.device)
-        _, reconstructed_taps = self.model.encoder(self.autoencoder(x))
-        return ((tap1 - reconstructed_taps[0]) ** 2).mean(dim=1).double()
+        with self._autocast():
+            reconstructed = self.autoencoder(x)
+            memory_format = getattr(self.model, "_in_memory_format", None)  # channels-last, when the model uses it
+            _, reconstructed_taps = self.model.encoder(memory_format(reconstructed) if memory_format else reconstructed)
+        return ((tap1 - reconstructed_taps[0].to(tap1.dtype)) ** 2).mean(dim=1).double()
 
     # ------------------------------------------------------------------------ fitting
     @torch.no_grad()
     def fit(self, data_loader: Iterable[Batch], score_statistics: bool = True,
-            keep_outputs: bool = False) -> "FeatureEnsembleDetector":
-        """Step 1 on the known training set, in one pass; then, with ``score_statistics``,
-        a second pass for the training set's M and r_max, which ``predict`` needs (so the
+            keep_outputs: bool = False, keep_limit: int = FIT_KEEP_LIMIT) -> "FeatureEnsembleDetector":
+        """Step 1 on the known training set, in one pass; with ``score_statistics``, also the
+        training set's M and r_max, which ``predict`` needs. r(x) comes from the same pass;
+        M needs the fitted Gaussians, so the pass keeps f(x) on the device and scores it
+        once they are fitted, unless f(x) of the whole set would exceed ``keep_limit``
+        values (N x D; 1e8, 400 MB, by default): then a second pass computes M (and the
         loader must be iterable twice: a DataLoader or a list, not a generator).
         ``keep_outputs`` keeps the training images' h, mu and labels from the same pass in
         :attr:`fit_outputs` (an :class:`Evaluation` without likelihoods), for other
         detectors fitted on the same model."""
-        if score_statistics and iter(data_loader) is data_loader:
-            raise ValueError("fit() passes over the training set twice: give a DataLoader or a list of batches, "
-                             "not a one-shot iterator")
+        total = _dataset_size(data_loader)
+        keep_features = score_statistics and (total is None or total * self._feature_dim_hint() <= keep_limit)
         stats: ClassStatistics | None = None
         kept: dict[str, list[torch.Tensor]] = {"h": [], "mu": [], "labels": []}
+        features: list[torch.Tensor] | None = [] if keep_features else None
+        reconstruction: list[torch.Tensor] = []
+        kept_values = 0
         for x, y in data_loader:
-            _, _, f, out = self._embed(x)
+            if score_statistics:
+                f, r, out = self._features_and_outputs(x)
+                reconstruction.append(r)
+            else:
+                _, _, f, out = self._embed(x)
             if stats is None:
                 stats = ClassStatistics(self.num_classes, f.shape[1]).to(f.device)
-            stats.update(f, y.to(f.device))
+            stats.update(f, y)
+            if features is not None:
+                kept_values += f.numel()
+                if kept_values <= keep_limit:
+                    features.append(f)
+                else:  # larger than announced: score the training set in a second pass
+                    features = None
             if keep_outputs:
-                kept["h"].append(out["h"].float().cpu())
-                kept["mu"].append(out["mu"].float().cpu())
-                kept["labels"].append(y.cpu())
-        self.fit_outputs = None if not keep_outputs or stats is None else {k: torch.cat(v) for k, v in kept.items()}
+                kept["h"].append(out["h"].float())
+                kept["mu"].append(out["mu"].float())
+                kept["labels"].append(y)
+        self.fit_outputs = None if not keep_outputs or stats is None else {
+            k: torch.cat(v).cpu() for k, v in kept.items()}
         if stats is None:
             raise ValueError("the training set gave no batches to fit the class Gaussians on")
         self.gaussians = ClassGaussians.from_statistics(stats, step=self.jitter_step, extra_steps=self.extra_steps)
-        if score_statistics:
+        if score_statistics and features is not None:
+            # max l over the training images and classes; batch by batch, as a second pass would score them
+            self.max_log_likelihood = float(torch.stack([self.gaussians.log_prob(f).max() for f in features]).max())
+            self.max_reconstruction = float(torch.cat(reconstruction).max())
+        elif score_statistics:
+            if iter(data_loader) is data_loader:
+                raise ValueError("the training set's features are too many to keep, so fit() passes over it twice: "
+                                 "give a DataLoader or a list of batches, not a one-shot iterator")
             self.fit_score_statistics(data_loader)
         return self
+
+    def _feature_dim_hint(self) -> int:
+        """D of f(x), from the backbone's tap dimensions when it declares them (else 1: the
+        limit is then checked as the features come)."""
+        encoder = getattr(self.model, "encoder", None)
+        taps, h = getattr(encoder, "tap_dims", None), getattr(encoder, "feature_dim", None)
+        mu = getattr(getattr(self.model, "fc_mu", None), "out_features", None)
+        if taps is None or h is None or mu is None:
+            return 1
+        return int(sum(taps) + h + mu)
 
     @torch.no_grad()
     def fit_score_statistics(self, data_loader: Iterable[Batch]) -> "FeatureEnsembleDetector":
@@ -225,26 +290,27 @@ class FeatureEnsembleDetector(FeaturesDetector):
         :func:`score_set` or :meth:`score` turns them into s(x). ``keep_outputs`` keeps h
         and mu of the same pass, for other detectors."""
         self._require_fit(statistics=False)
+        # Everything stays on the device until the pass ends: no synchronisation per batch.
         log_likelihoods, reconstruction, labels, features = [], [], [], []
         hs, mus = [], []
         for x, y in batches:
             f, r, out = self._features_and_outputs(x)
-            log_likelihoods.append(self.gaussians.log_prob(f).cpu())
-            reconstruction.append(r.cpu())
-            labels.append(y.cpu())
+            log_likelihoods.append(self.gaussians.log_prob(f))
+            reconstruction.append(r)
+            labels.append(y)
             if keep_features:
-                features.append(f.cpu())
+                features.append(f)
             if keep_outputs:
-                hs.append(out["h"].float().cpu())
-                mus.append(out["mu"].float().cpu())
+                hs.append(out["h"].float())
+                mus.append(out["mu"].float())
         if not log_likelihoods:
             raise ValueError("no batches to evaluate")
-        log_likelihoods = torch.cat(log_likelihoods)
+        log_likelihoods = torch.cat(log_likelihoods).cpu()
         return Evaluation(
-            scores=None, predictions=log_likelihoods.argmax(dim=1), labels=torch.cat(labels),
-            log_likelihoods=log_likelihoods, reconstruction=torch.cat(reconstruction),
-            features=torch.cat(features) if keep_features else None,
-            h=torch.cat(hs) if keep_outputs else None, mu=torch.cat(mus) if keep_outputs else None,
+            scores=None, predictions=log_likelihoods.argmax(dim=1), labels=torch.cat(labels).cpu(),
+            log_likelihoods=log_likelihoods, reconstruction=torch.cat(reconstruction).cpu(),
+            features=torch.cat(features).cpu() if keep_features else None,
+            h=torch.cat(hs).cpu() if keep_outputs else None, mu=torch.cat(mus).cpu() if keep_outputs else None,
         )
 
     def score(self, evaluation: Evaluation) -> Evaluation:

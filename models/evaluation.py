@@ -11,6 +11,7 @@ same passes; only ODIN, which needs gradients with respect to the images, makes 
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -18,9 +19,22 @@ import torch
 
 from models.baselines import BASELINES, Baseline, Outputs, make_baseline
 from models.detector import Evaluation, FeatureEnsembleDetector, score_set
+from models.vmdls import channels_last_pays
 from utils.errors import UserError
 
 PAPER_DETECTOR = "vmdls"
+
+
+def autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a mixed ``--precision`` on ``device`` (None: full precision).
+    bf16-mixed autocasts on a GPU and on the CPU (as Lightning's training does); 16-mixed
+    on a GPU only (CPU float16 autocast is slow where it exists)."""
+    precision = str(precision or "")
+    if precision in ("bf16-mixed", "bf16"):
+        return torch.bfloat16
+    if precision in ("16-mixed", "16") and device.type == "cuda":
+        return torch.float16
+    return None
 DETECTOR_NAMES = (PAPER_DETECTOR, *BASELINES)
 
 
@@ -63,7 +77,8 @@ class Evaluator:
     def __init__(self, model, kind: str, detectors: Iterable[str], autoencoder=None,
                  preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  device: torch.device | str = "cpu", score_stats: str = "test", keep_features: bool = False,
-                 progress: Callable[[Iterable, str], Iterable] = lambda loader, description: loader):
+                 progress: Callable[[Iterable, str], Iterable] = lambda loader, description: loader,
+                 precision: str | None = None):
         self.model, self.kind = model.eval(), kind
         self.detectors = list(dict.fromkeys(detectors))
         self.preprocess = preprocess or (lambda x: x)
@@ -72,9 +87,15 @@ class Evaluator:
         self.keep_features = keep_features
         self.progress = progress
         self.model.to(self.device)
+        # --precision bf16-mixed / 16-mixed: the forward passes autocast (features, statistics and
+        # scores stay float32 / float64); channels-last where it pays (a GPU with mixed precision).
+        self.autocast_dtype = autocast_dtype(precision, self.device)
+        if channels_last_pays(self.device.type, precision) and hasattr(model, "use_channels_last"):
+            model.use_channels_last()
         self.paper: FeatureEnsembleDetector | None = None
         if kind == "vmdls":
-            self.paper = FeatureEnsembleDetector(model, autoencoder, preprocess=self.preprocess, device=self.device)
+            self.paper = FeatureEnsembleDetector(model, autoencoder, preprocess=self.preprocess, device=self.device,
+                                                 autocast_dtype=self.autocast_dtype)
         elif PAPER_DETECTOR in self.detectors:
             raise UserError("detector vmdls needs the feature ensemble and latent of a VMDLS checkpoint: evaluate a "
                             "checkpoint trained with main.py --objective vmdls, or choose msp, energy, maxlogit, "
@@ -93,12 +114,19 @@ class Evaluator:
     @torch.no_grad()
     def _classifier_pass(self, loader: Iterable) -> Outputs:
         labels, features, logits = [], [], []
-        for x, y in loader:
-            h, z = self.model.features_and_logits(self.preprocess(x.to(self.device, non_blocking=True)))
-            features.append(h.float().cpu())
-            logits.append(z.float().cpu())
-            labels.append(y.cpu())
-        return Outputs(labels=torch.cat(labels), features=torch.cat(features), logits=torch.cat(logits))
+        for x, y in loader:  # the outputs stay on the device until the pass ends
+            with self._autocast():
+                h, z = self.model.features_and_logits(self.preprocess(x.to(self.device, non_blocking=True)))
+            features.append(h.float())
+            logits.append(z.float())
+            labels.append(y)
+        return Outputs(labels=torch.cat(labels).cpu(), features=torch.cat(features).cpu(),
+                       logits=torch.cat(logits).cpu())
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _odin(self, loader: Iterable, description: str) -> torch.Tensor | None:
         odin = self.baselines.get("odin")
@@ -107,15 +135,14 @@ class Evaluator:
         return odin.score_inputs(self.model, self.progress(loader, description), self.preprocess, device=self.device)
 
     def fit(self, train_loader, description: str = "fitting") -> "Evaluator":
-        """One pass over the known training set fits every detector (the paper's
-        ``--score_stats train`` adds a second, for M and r_max of the training set)."""
+        """One pass over the known training set fits every detector, and gives the paper's
+        ``--score_stats train`` its M and r_max of the training set (a second pass only for a
+        training set whose features are too many to keep: FeatureEnsembleDetector.fit)."""
         if self.paper is not None:
-            self.paper.fit(self.progress(train_loader, description), score_statistics=False,
+            self.paper.fit(self.progress(train_loader, description), score_statistics=self.score_stats == "train",
                            keep_outputs=self.needs_outputs)
             train = self.paper.fit_outputs
             outputs = None if train is None else Outputs(labels=train["labels"], features=train["h"], mu=train["mu"])
-            if self.score_stats == "train":
-                self.paper.fit_score_statistics(self.progress(train_loader, "training-set score statistics"))
         else:
             outputs = self._classifier_pass(self.progress(train_loader, description)) if self.needs_outputs else None
         for baseline in self.baselines.values():

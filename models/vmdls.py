@@ -15,14 +15,36 @@ from sklearn.metrics import f1_score
 from torch.optim.lr_scheduler import StepLR
 
 from models.backbones import build_backbone
-from models.heads import make_heads, reparameterise
+from models.heads import make_heads
 from models.losses import TripletDistancingLoss, class_kl_loss
 from utils.errors import UserError
-from models.gaussians import ClassGaussians, ClassStatistics, quantile_bounds
+from models.gaussians import ClassGaussians, ClassStatistics, LabelLayout, quantile_bounds
 
 PRIOR_STD = 0.1
 INITIAL_MARGIN = 0.15
 TRIPLET_MARGIN = 0.1
+
+
+def channels_last_pays(device_type: str, precision: str | None) -> bool:
+    """Channels-last convolutions pay on a GPU's tensor cores, with mixed precision; on the CPU
+    they change the convolution kernels (and the bits of the results) for no measured gain."""
+    return device_type == "cuda" and str(precision) in ("bf16-mixed", "16-mixed", "bf16", "16")
+
+
+def prepare_for_speed(model: torch.nn.Module, accelerator: str, precision: str | None, compile: bool = False) -> None:
+    """main.py's speed settings, which change no result's meaning: channels-last on a GPU with
+    mixed precision (:func:`channels_last_pays`), and with ``compile`` (``--compile``)
+    torch.compile of the backbone (and of the VMDLS metric loss), in place, so the
+    checkpoints keep their parameter names."""
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if channels_last_pays("cuda" if gpu else "cpu", precision):
+        if hasattr(model, "use_channels_last"):
+            model.use_channels_last()
+    if compile:
+        if hasattr(model, "compile_for_training"):
+            model.compile_for_training()
+        else:
+            model.encoder.compile()
 
 
 class VMDLS(pl.LightningModule):
@@ -98,6 +120,10 @@ class VMDLS(pl.LightningModule):
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._resumed_epoch = 0
         self._statistics_ready = False  # mirrors finished_epochs > 0 without a device sync
+        # The epoch's sums of the metric and KL terms times the batch size, and the images seen.
+        self._loss_sums = torch.zeros(2)
+        self._loss_count = 0
+        self.channels_last = False  # set by use_channels_last()
 
     def setup(self, stage: str) -> None:
         # DDP copies rank 0's buffers to every process before each forward pass; the
@@ -121,13 +147,31 @@ class VMDLS(pl.LightningModule):
     # ----------------------------------------------------------------- forward passes
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The evaluation embedding: mu."""
-        h, _ = self.encoder(x)
+        h, _ = self.encoder(self._in_memory_format(x))
         return self.fc_mu(h)
 
     def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Feature h, the three taps, mu and log-variance, from one backbone pass."""
-        h, taps = self.encoder(x)
+        h, taps = self.encoder(self._in_memory_format(x))
         return {"h": h, "taps": taps, "mu": self.fc_mu(h), "log_var": self.fc_var(h)}
+
+    def _in_memory_format(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def use_channels_last(self) -> "VMDLS":
+        """Keep the backbone's weights, and feed it its input, in channels-last memory format:
+        faster convolutions on a GPU with mixed precision (see :func:`channels_last_pays`).
+        The values are the same; the checkpoints' tensors load either way."""
+        self.channels_last = True
+        self.encoder.to(memory_format=torch.channels_last)
+        return self
+
+    def compile_for_training(self) -> "VMDLS":
+        """``--compile``: torch.compile the backbone (in place: the parameter names, hence the
+        checkpoints, stay the same) and the dense metric loss."""
+        self.encoder.compile()
+        self.metric_loss.compile_dense()
+        return self
 
     @property
     def margin_distance(self) -> float:
@@ -153,34 +197,51 @@ class VMDLS(pl.LightningModule):
     # ----------------------------------------------------------------------- training
     def training_step(self, batch, batch_idx):
         x, y = batch
-        h, _ = self.encoder(x)
+        h, _ = self.encoder(self._in_memory_format(x))
         mu, log_var = self.fc_mu(h), self.fc_var(h)
-        z = reparameterise(mu, log_var)
-        metric = self.metric_loss(z, y)
-        if self.current_epoch >= self.hparams.generation_epoch:
-            prior_means = self.class_means if self.hparams.kl_prior_means == "z" else self.latent_means
-            kl = self.hparams.kl_coeff * class_kl_loss(z, mu, log_var, y, prior_means, PRIOR_STD)
-        else:
-            kl = torch.zeros((), device=z.device)
-        self._accumulate(z.detach(), y, mu.detach(), torch.exp(0.5 * log_var.detach()))
-        loss = metric + kl
+        # The losses and statistics in float32 (float64 for the statistics) whatever the
+        # precision of the backbone (--precision bf16-mixed autocasts it).
+        with torch.autocast(x.device.type, enabled=False):
+            mu, log_var = mu.float(), log_var.float()
+            sampling_std = torch.exp(0.5 * log_var)
+            z = mu + sampling_std * torch.randn_like(mu)  # heads.reparameterise, keeping the std
+            layout = LabelLayout.of(y, self.hparams.class_num) if y.device.type == "cpu" else None
+            metric = self.metric_loss(z, y)
+            if self.current_epoch >= self.hparams.generation_epoch:
+                prior_means = self.class_means if self.hparams.kl_prior_means == "z" else self.latent_means
+                kl = self.hparams.kl_coeff * class_kl_loss(z, mu, log_var, y, prior_means, PRIOR_STD, layout=layout)
+            else:
+                kl = torch.zeros((), device=z.device)
+            self._accumulate(z.detach(), y, mu.detach(), sampling_std.detach(), layout)
+            loss = metric + kl
+        # Per step, only what the progress bar shows; the terms are summed here and logged
+        # per epoch (on_train_epoch_end), as Lightning's epoch mean would give them.
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
-        self.log_dict({"train_triplet_loss": metric, "train_kl": kl}, on_step=True, on_epoch=True,
-                      batch_size=len(y))
-        self.log("margin_distance", self.margin_distance, on_step=False, on_epoch=True, batch_size=len(y))
+        if self._loss_sums.device != loss.device:  # a step outside Lightning's epoch hooks
+            self._loss_sums = torch.zeros(2, device=loss.device)
+        self._loss_sums = self._loss_sums + torch.stack([metric.detach(), kl.detach()]) * len(y)
+        self._loss_count += len(y)
         return loss
 
-    def _accumulate(self, z: torch.Tensor, y: torch.Tensor, mu: torch.Tensor, sampling_std: torch.Tensor) -> None:
+    def _accumulate(self, z: torch.Tensor, y: torch.Tensor, mu: torch.Tensor, sampling_std: torch.Tensor,
+                    layout: LabelLayout | None = None) -> None:
         """Add a batch to the epoch's statistics: of z (the KL prior), of mu (the validation
         Gaussians), the sampling std, and mu's log-likelihood under its own class's
-        Gaussian of the previous epoch (for the bounds)."""
-        self.epoch_stats.update(z, y)
-        self.latent_stats.update(mu, y)
+        Gaussian of the previous epoch (for the bounds). ``layout``: the labels' grouping,
+        shared by both statistics (made here for labels on the CPU when not given)."""
+        if layout is None and y.device.type == "cpu":
+            layout = LabelLayout.of(y, self.hparams.class_num)
+        self.epoch_stats.update(z, y, layout)
+        self.latent_stats.update(mu, y, layout)
         self.sampling_std_sum += sampling_std.double().sum()
         if self.has_class_statistics:
             log_likelihood = self.latent_gaussians().log_prob(mu)
             self._epoch_log_likelihoods.append(log_likelihood.gather(1, y.view(-1, 1)).squeeze(1))
             self._epoch_labels.append(y)
+
+    def on_train_epoch_start(self):
+        self._loss_sums = torch.zeros(2, device=self.device)
+        self._loss_count = 0
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # Finish the statistics on the epoch's last batch: validation and checkpointing
@@ -192,6 +253,11 @@ class VMDLS(pl.LightningModule):
         self.finish_epoch_statistics()  # an epoch cut short (max_steps) still counts
         if self._latent_health:
             self.log_dict(self._latent_health, on_step=False, on_epoch=True, sync_dist=False)
+        if self._loss_count:
+            means = self._loss_sums / torch.tensor(self._loss_count, device=self._loss_sums.device)
+            self.log_dict({"train_triplet_loss_epoch": means[0], "train_kl_epoch": means[1]}, on_step=False,
+                          on_epoch=True, batch_size=1)
+        self.log("margin_distance", self.margin_distance, on_step=False, on_epoch=True, batch_size=1)
 
     def finish_epoch_statistics(self) -> None:
         """Turn the epoch's sums into class means, covariances and bounds; reset the sums."""

@@ -240,9 +240,12 @@ def test_detector_is_a_pytorch_ood_detector_scoring_one_batch_alone():
     assert isinstance(detector, Detector)
     with pytest.raises(RequiresFittingException):
         detector.predict(train_x[:2])
+    detector.fit(batches(train_x, train_y))  # one pass (M from the kept features): a one-shot iterator will do
+    one_pass = (detector.max_log_likelihood, detector.max_reconstruction)
+    detector.fit(list(batches(train_x, train_y)), keep_limit=0)  # the second pass, for features too many to keep
+    assert (detector.max_log_likelihood, detector.max_reconstruction) == one_pass
     with pytest.raises(ValueError, match="twice"):
-        detector.fit(batches(train_x, train_y))
-    detector.fit(list(batches(train_x, train_y)))
+        detector.fit(batches(train_x, train_y), keep_limit=0)
 
     # The training set's own statistics: its most likely image sits at gap 1, r = 1.
     with torch.no_grad():
