@@ -126,7 +126,8 @@ def _train(argv: list[str] | None, cleanup: ExitStack) -> str:
 
     from models.callbacks import AtomicCheckpointIO
     from models.classifier import CrossEntropyClassifier
-    from models.vmdls import VMDLS, prepare_for_speed
+    from models.speed import prepare_for_speed
+    from models.vmdls import VMDLS
     from models.weights import load_backbone_weights
     from utils.cli import TRAINING_RUN, claim_output_dir, resume_settings, trainer_kwargs
     from utils.flags import explicit_flags

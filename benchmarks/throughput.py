@@ -41,7 +41,6 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import nullcontext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -53,11 +52,9 @@ from torch import nn  # noqa: E402
 import main as train_script  # noqa: E402
 import test as test_script  # noqa: E402
 from models import backbones  # noqa: E402
-try:
-    from models.vmdls import channels_last_pays  # noqa: E402
-except ImportError:  # a tree from before channels-last (to measure it with this script)
-    def channels_last_pays(device_type, precision):
-        return False
+from models.speed import autocast, autocast_dtype, channels_last_pays  # noqa: E402
+from utils.cli import run_main  # noqa: E402
+from utils.loggers import write_json  # noqa: E402
 
 TINY = "tiny-conv"
 GREY_28 = ("mnist-conv", TINY)
@@ -100,13 +97,6 @@ def device_name(accelerator: str) -> str:
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device, precision: str):
-    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------ data
@@ -155,7 +145,7 @@ def floor_throughput(backbone: str, shape: tuple[int, int, int], class_num: int,
 
     def step(i: int) -> None:
         x, y = batches[i % len(batches)]
-        with autocast(device, precision):
+        with autocast(device, autocast_dtype(precision, device)):
             h, _ = encoder(x)
             loss = nn.functional.cross_entropy(classifier(h).float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -261,9 +251,8 @@ def step_pieces(class_num: int, batch_classes: int, sample_count: int, latent_di
     """Microseconds per call of the VMDLS step's own pieces on the CPU, on one batch of the
     benchmark's shape: the metric loss, the class KL, the statistics update (first epoch,
     and later epochs, which also score mu for the bounds). Best of 7 runs of 200 calls."""
-    import inspect
-
-    from models import losses
+    from models.gaussians import LabelLayout
+    from models.losses import class_kl_loss
     from models.vmdls import VMDLS
 
     torch.manual_seed(0)
@@ -274,16 +263,12 @@ def step_pieces(class_num: int, batch_classes: int, sample_count: int, latent_di
     log_var = torch.randn(len(y), latent_dim, requires_grad=True)
     z = mu + torch.exp(0.5 * log_var) * torch.randn(len(y), latent_dim)
     detached = (z.detach(), y, mu.detach(), torch.exp(0.5 * log_var.detach()))
-    layout_of = getattr(__import__("models.gaussians", fromlist=["x"]), "LabelLayout", None)
-    with_layout = layout_of is not None and "layout" in inspect.signature(losses.class_kl_loss).parameters
 
     def kl():
-        extra = {"layout": layout_of.of(y, class_num)} if with_layout else {}
-        return losses.class_kl_loss(z, mu, log_var, y, model.class_means, 0.1, **extra)
+        return class_kl_loss(z, mu, log_var, y, model.class_means, 0.1, layout=LabelLayout.of(y, class_num))
 
     def statistics():
-        extra = (layout_of.of(y, class_num),) if with_layout else ()
-        model._accumulate(*detached, *extra)
+        model._accumulate(*detached, LabelLayout.of(y, class_num))
         model._epoch_log_likelihoods.clear()
         model._epoch_labels.clear()
 
@@ -349,6 +334,8 @@ def plain_forward_seconds(checkpoint: str, argv: list[str], device: torch.device
     datamodule.setup("test")
     model, _ = load_vmdls(record, {})
     model = model.to(device).eval()
+    if channels_last_pays(device.type, precision):  # as test.py's evaluation does
+        model.use_channels_last()
     loaders = [datamodule.fit_dataloader(), datamodule.known_test_dataloader(),
                *(datamodule.unknown_test_dataloader(name) for name in datamodule.unknown_names)]
     batches = [datamodule.preprocess(x.to(device)) for loader in loaders for x, _ in loader]
@@ -359,7 +346,7 @@ def plain_forward_seconds(checkpoint: str, argv: list[str], device: torch.device
             sync(device)
             start = time.perf_counter()
             for x in batches:
-                with autocast(device, precision):
+                with autocast(device, autocast_dtype(precision, device)):
                     model(x)
             sync(device)
             best = min(best, time.perf_counter() - start)
@@ -488,12 +475,11 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"device": device_name(args.accelerator), "date": time.strftime("%Y-%m-%d"),
               "command": "python benchmarks/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "torch": str(torch.__version__), "precision": args.precision, "compile": args.compile, "rows": rows}
-    with open(os.path.join(args.output_dir, "throughput.json"), "w") as handle:
-        json.dump(result, handle, indent=1)
+    write_json(os.path.join(args.output_dir, "throughput.json"), result)
     print(f"device: {result['device']}")
     print(table(rows))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

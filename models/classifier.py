@@ -19,15 +19,16 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.lr_scheduler import StepLR
 
-from models.backbones import build_backbone
+from models.backbones import build_encoder
+from models.optimisation import check_optimiser, paper_optimisation
+from models.speed import ChannelsLast
 from utils.errors import UserError
 
 OBJECTIVE = "ce"
 
 
-class CrossEntropyClassifier(pl.LightningModule):
+class CrossEntropyClassifier(ChannelsLast, pl.LightningModule):
     """Backbone ``encoder`` (named as in VMDLS, so ``--weights`` and key prefixes match) and
     a linear head ``fc``: ``logits = fc(h)``, trained with cross-entropy.
 
@@ -57,15 +58,9 @@ class CrossEntropyClassifier(pl.LightningModule):
         if objective != OBJECTIVE:
             raise UserError(f"objective {objective!r} is not the cross-entropy classifier's; use {OBJECTIVE}",
                             setting="objective")
-        if opt not in ("sgd", "adam"):
-            raise UserError(f"optimiser {opt!r} is not known; use sgd or adam", setting="opt")
-        self.encoder = build_backbone(
-            enc_type, in_channels=in_channels, input_height=input_height,
-            first_conv=first_conv, maxpool1=maxpool1, class_num=class_num,
-        )
-        if self.encoder.feature_dim != enc_out_dim:
-            raise UserError(f"enc_out_dim {enc_out_dim} does not match {enc_type}'s feature size "
-                            f"{self.encoder.feature_dim}; set it to {self.encoder.feature_dim}", setting="enc_out_dim")
+        check_optimiser(opt)
+        self.encoder = build_encoder(enc_type, enc_out_dim, in_channels=in_channels, input_height=input_height,
+                                     first_conv=first_conv, maxpool1=maxpool1, class_num=class_num)
         self.fc = nn.Linear(enc_out_dim, class_num)
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -84,12 +79,12 @@ class CrossEntropyClassifier(pl.LightningModule):
     # ----------------------------------------------------------------- forward passes
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The class logits (N x class_num) of a preprocessed batch."""
-        h, _ = self.encoder(x)
+        h, _ = self.encoder(self.in_memory_format(x))
         return self.fc(h)
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The backbone feature h (N x enc_out_dim) and the logits ``fc(h)``, from one pass."""
-        h, _ = self.encoder(x)
+        h, _ = self.encoder(self.in_memory_format(x))
         return h, self.fc(h)
 
     # ----------------------------------------------------------------------- training
@@ -126,10 +121,5 @@ class CrossEntropyClassifier(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
-        params = list(self.parameters())
-        if self.hparams.opt == "sgd":
-            optimizer = torch.optim.SGD(params, lr=self.hparams.lr, momentum=0.9, weight_decay=1e-4, nesterov=True)
-        else:
-            optimizer = torch.optim.Adam(params, lr=self.hparams.lr)
-        scheduler = StepLR(optimizer, step_size=self.hparams.step_size, gamma=self.hparams.step_gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        hp = self.hparams
+        return paper_optimisation(self.parameters(), hp.opt, hp.lr, hp.step_size, hp.step_gamma)

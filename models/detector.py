@@ -18,7 +18,6 @@ on top of :meth:`FeatureEnsembleDetector.evaluate`.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
@@ -27,6 +26,7 @@ from pytorch_ood.api import FeaturesDetector, RequiresFittingException
 from torch import nn
 
 from models.gaussians import ClassGaussians, ClassStatistics
+from models.speed import ChannelsLast, autocast
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -141,17 +141,12 @@ class FeatureEnsembleDetector(FeaturesDetector):
         if self.model is None:
             raise ValueError("this detector was built without a model: use fit_features / predict_features")
         x = self.preprocess(x.to(self.device, non_blocking=True))
-        with self._autocast():
+        with autocast(self.device, self.autocast_dtype):
             out = self.model.embed(x)
         if self.autocast_dtype is not None:
             out = {"h": out["h"].float(), "taps": [t.float() for t in out["taps"]], "mu": out["mu"].float(),
                    "log_var": out["log_var"].float()}
         return x, out["taps"][0], torch.cat([*out["taps"], out["h"], out["mu"]], dim=1), out
-
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @torch.no_grad()
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,10 +163,11 @@ class FeatureEnsembleDetector(FeaturesDetector):
         """mean over dims of (tap1(x) - tap1(AE(x)))^2; 1 without an autoencoder."""
         if self.autoencoder is None:
             return torch.ones(len(x), dtype=torch.float64, device=x.device)
-        with self._autocast():
+        with autocast(self.device, self.autocast_dtype):
             reconstructed = self.autoencoder(x)
-            memory_format = getattr(self.model, "_in_memory_format", None)  # channels-last, when the model uses it
-            _, reconstructed_taps = self.model.encoder(memory_format(reconstructed) if memory_format else reconstructed)
+            if isinstance(self.model, ChannelsLast):
+                reconstructed = self.model.in_memory_format(reconstructed)
+            _, reconstructed_taps = self.model.encoder(reconstructed)
         return ((tap1 - reconstructed_taps[0].to(tap1.dtype)) ** 2).mean(dim=1).double()
 
     # ------------------------------------------------------------------------ fitting

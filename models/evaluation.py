@@ -11,7 +11,6 @@ same passes; only ODIN, which needs gradients with respect to the images, makes 
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -19,22 +18,10 @@ import torch
 
 from models.baselines import BASELINES, Baseline, Outputs, make_baseline
 from models.detector import Evaluation, FeatureEnsembleDetector, score_set
-from models.vmdls import channels_last_pays
+from models.speed import ChannelsLast, autocast, autocast_dtype, channels_last_pays
 from utils.errors import UserError
 
 PAPER_DETECTOR = "vmdls"
-
-
-def autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a mixed ``--precision`` on ``device`` (None: full precision).
-    bf16-mixed autocasts on a GPU and on the CPU (as Lightning's training does); 16-mixed
-    on a GPU only (CPU float16 autocast is slow where it exists)."""
-    precision = str(precision or "")
-    if precision in ("bf16-mixed", "bf16"):
-        return torch.bfloat16
-    if precision in ("16-mixed", "16") and device.type == "cuda":
-        return torch.float16
-    return None
 DETECTOR_NAMES = (PAPER_DETECTOR, *BASELINES)
 
 
@@ -90,7 +77,7 @@ class Evaluator:
         # --precision bf16-mixed / 16-mixed: the forward passes autocast (features, statistics and
         # scores stay float32 / float64); channels-last where it pays (a GPU with mixed precision).
         self.autocast_dtype = autocast_dtype(precision, self.device)
-        if channels_last_pays(self.device.type, precision) and hasattr(model, "use_channels_last"):
+        if channels_last_pays(self.device.type, precision) and isinstance(model, ChannelsLast):
             model.use_channels_last()
         self.paper: FeatureEnsembleDetector | None = None
         if kind == "vmdls":
@@ -115,18 +102,13 @@ class Evaluator:
     def _classifier_pass(self, loader: Iterable) -> Outputs:
         labels, features, logits = [], [], []
         for x, y in loader:  # the outputs stay on the device until the pass ends
-            with self._autocast():
+            with autocast(self.device, self.autocast_dtype):
                 h, z = self.model.features_and_logits(self.preprocess(x.to(self.device, non_blocking=True)))
             features.append(h.float())
             logits.append(z.float())
             labels.append(y)
         return Outputs(labels=torch.cat(labels).cpu(), features=torch.cat(features).cpu(),
                        logits=torch.cat(logits).cpu())
-
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def _odin(self, loader: Iterable, description: str) -> torch.Tensor | None:
         odin = self.baselines.get("odin")

@@ -256,7 +256,6 @@ class LabelLayout:
             self._tensors[key] = tuple(tensors) + ((None, None) if self.equal_counts else ())
         return self._tensors[key]
 
-
     def class_counts(self, num_classes: int, dtype: torch.dtype, device: torch.device):
         """([K] counts clamped to at least 1, in ``dtype``; the number of classes present, a
         0-dim long tensor) on ``device``: what the class KL divides by."""

@@ -12,42 +12,21 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from sklearn.metrics import f1_score
-from torch.optim.lr_scheduler import StepLR
 
-from models.backbones import build_backbone
+from models.backbones import build_encoder
 from models.heads import make_heads
-from models.losses import TripletDistancingLoss, class_kl_loss
-from utils.errors import UserError
 from models.gaussians import ClassGaussians, ClassStatistics, LabelLayout, quantile_bounds
+from models.losses import TripletDistancingLoss, class_kl_loss
+from models.optimisation import check_optimiser, paper_optimisation
+from models.speed import ChannelsLast
+from utils.errors import UserError
 
 PRIOR_STD = 0.1
 INITIAL_MARGIN = 0.15
 TRIPLET_MARGIN = 0.1
 
 
-def channels_last_pays(device_type: str, precision: str | None) -> bool:
-    """Channels-last convolutions pay on a GPU's tensor cores, with mixed precision; on the CPU
-    they change the convolution kernels (and the bits of the results) for no measured gain."""
-    return device_type == "cuda" and str(precision) in ("bf16-mixed", "16-mixed", "bf16", "16")
-
-
-def prepare_for_speed(model: torch.nn.Module, accelerator: str, precision: str | None, compile: bool = False) -> None:
-    """main.py's speed settings, which change no result's meaning: channels-last on a GPU with
-    mixed precision (:func:`channels_last_pays`), and with ``compile`` (``--compile``)
-    torch.compile of the backbone (and of the VMDLS metric loss), in place, so the
-    checkpoints keep their parameter names."""
-    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if channels_last_pays("cuda" if gpu else "cpu", precision):
-        if hasattr(model, "use_channels_last"):
-            model.use_channels_last()
-    if compile:
-        if hasattr(model, "compile_for_training"):
-            model.compile_for_training()
-        else:
-            model.encoder.compile()
-
-
-class VMDLS(pl.LightningModule):
+class VMDLS(ChannelsLast, pl.LightningModule):
     """Backbone ``encoder`` + heads ``fc_mu`` / ``fc_var`` (the original's names).
 
     Training (docs/method.md section 2): loss = triplet + distancing loss on z, plus from epoch
@@ -89,15 +68,9 @@ class VMDLS(pl.LightningModule):
         self.save_hyperparameters()
         if kl_prior_means not in ("z", "mu"):
             raise UserError(f"kl_prior_means {kl_prior_means!r} is not known; use z or mu", setting="kl_prior_means")
-        if opt not in ("sgd", "adam"):
-            raise UserError(f"optimiser {opt!r} is not known; use sgd or adam", setting="opt")
-        self.encoder = build_backbone(
-            enc_type, in_channels=in_channels, input_height=input_height,
-            first_conv=first_conv, maxpool1=maxpool1, class_num=class_num,
-        )
-        if self.encoder.feature_dim != enc_out_dim:
-            raise UserError(f"enc_out_dim {enc_out_dim} does not match {enc_type}'s feature size "
-                            f"{self.encoder.feature_dim}; set it to {self.encoder.feature_dim}", setting="enc_out_dim")
+        check_optimiser(opt)
+        self.encoder = build_encoder(enc_type, enc_out_dim, in_channels=in_channels, input_height=input_height,
+                                     first_conv=first_conv, maxpool1=maxpool1, class_num=class_num)
         if initial_sampling_std is not None and not initial_sampling_std > 0:
             raise UserError(f"initial_sampling_std must be positive (got {initial_sampling_std}); e.g. 0.14",
                             setting="initial_sampling_std")
@@ -123,7 +96,6 @@ class VMDLS(pl.LightningModule):
         # The epoch's sums of the metric and KL terms times the batch size, and the images seen.
         self._loss_sums = torch.zeros(2)
         self._loss_count = 0
-        self.channels_last = False  # set by use_channels_last()
 
     def setup(self, stage: str) -> None:
         # DDP copies rank 0's buffers to every process before each forward pass; the
@@ -147,31 +119,13 @@ class VMDLS(pl.LightningModule):
     # ----------------------------------------------------------------- forward passes
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The evaluation embedding: mu."""
-        h, _ = self.encoder(self._in_memory_format(x))
+        h, _ = self.encoder(self.in_memory_format(x))
         return self.fc_mu(h)
 
     def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         """Feature h, the three taps, mu and log-variance, from one backbone pass."""
-        h, taps = self.encoder(self._in_memory_format(x))
+        h, taps = self.encoder(self.in_memory_format(x))
         return {"h": h, "taps": taps, "mu": self.fc_mu(h), "log_var": self.fc_var(h)}
-
-    def _in_memory_format(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
-
-    def use_channels_last(self) -> "VMDLS":
-        """Keep the backbone's weights, and feed it its input, in channels-last memory format:
-        faster convolutions on a GPU with mixed precision (see :func:`channels_last_pays`).
-        The values are the same; the checkpoints' tensors load either way."""
-        self.channels_last = True
-        self.encoder.to(memory_format=torch.channels_last)
-        return self
-
-    def compile_for_training(self) -> "VMDLS":
-        """``--compile``: torch.compile the backbone (in place: the parameter names, hence the
-        checkpoints, stay the same) and the dense metric loss."""
-        self.encoder.compile()
-        self.metric_loss.compile_dense()
-        return self
 
     @property
     def margin_distance(self) -> float:
@@ -197,7 +151,7 @@ class VMDLS(pl.LightningModule):
     # ----------------------------------------------------------------------- training
     def training_step(self, batch, batch_idx):
         x, y = batch
-        h, _ = self.encoder(self._in_memory_format(x))
+        h, _ = self.encoder(self.in_memory_format(x))
         mu, log_var = self.fc_mu(h), self.fc_var(h)
         # The losses and statistics in float32 (float64 for the statistics) whatever the
         # precision of the backbone (--precision bf16-mixed autocasts it).
@@ -355,12 +309,7 @@ class VMDLS(pl.LightningModule):
         else:
             params = list(self.parameters())
             lr = self.hparams.lr
-        if self.hparams.opt == "sgd":
-            optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=1e-4, nesterov=True)
-        else:
-            optimizer = torch.optim.Adam(params, lr=lr)
-        scheduler = StepLR(optimizer, step_size=self.hparams.step_size, gamma=self.hparams.step_gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        return paper_optimisation(params, self.hparams.opt, lr, self.hparams.step_size, self.hparams.step_gamma)
 
     # ------------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint):

@@ -211,18 +211,30 @@ def test_channels_last_changes_no_feature():
 
 def test_bf16_mixed_trains_and_evaluates_on_the_cpu(tmp_path):
     """--precision bf16-mixed: a short training and its evaluation end with finite results
-    (the backbone autocasts; the losses, statistics and Gaussians stay float32 / float64)."""
-    bf16 = ["--precision", "bf16-mixed"]
-    last = train_script.main(TRAIN + bf16 + ["--output_dir", str(tmp_path / "train")])
+    (the backbone autocasts; the losses, statistics and Gaussians stay float32 / float64).
+    Tiny IDX sets: bfloat16 convolutions are slow on a CPU without bfloat16 instructions."""
+    from conftest import write_idx_folder
+
+    write_idx_folder(tmp_path / "known", gz=False, seed=0)  # 3 training, 2 test images per digit
+    write_idx_folder(tmp_path / "other", gz=True, seed=5)
+    data = ["--known_dataset", f"idx:{tmp_path / 'known'}", "--unknown_dataset", f"idx:{tmp_path / 'other'}",
+            "--class_num", "4", "--accelerator", "cpu", "--num_workers", "0", "--offline", "--logger", "csv",
+            "--seed", "0", "--precision", "bf16-mixed"]
+    last = train_script.main(data + ["--enc_type", "mnist-conv", "--enc_out_dim", "500", "--latent_dim", "8",
+                                     "--data_transforms", "mnist", "--batch_classes", "4", "--sample_count", "3",
+                                     "--opt", "adam", "--lr", "0.001", "--max_epochs", "2", "--generation_epoch", "1",
+                                     "--output_dir", str(tmp_path / "train")])
     state = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
     for key in STATISTICS[:-1]:
         assert state[key].dtype == torch.float64 and torch.isfinite(state[key]).all(), key
-    results = test_script.main(COMMON + bf16 + ["--checkpoint_path", last, "--data_transforms", "blob",
-                                                "--score_stats", "train", "--output_dir", str(tmp_path / "eval")])
+    assert torch.isfinite(state["class_covs"]).all() and float(state["class_covs"].abs().sum()) > 0
+    results = test_script.main(data + ["--checkpoint_path", last, "--data_transforms", "blob", "--score_stats",
+                                       "train", "--output_dir", str(tmp_path / "eval")])
     for key in ("auroc", "fpr_at_95_tpr", "closed_set_accuracy", "jitter"):
         assert math.isfinite(results[key]), key
-    scores = pd.read_csv(tmp_path / "eval" / "scores.csv")["score"]
-    assert scores.notna().all() and (scores.abs() < float("inf")).all()
+    scores = pd.read_csv(tmp_path / "eval" / "scores.csv")
+    assert len(scores) == 4 * 2 + 10 * 2  # the known test images of digits 0..3, every image of the other set
+    assert scores["score"].notna().all() and (scores["score"].abs() < float("inf")).all()
 
 
 if __name__ == "__main__":

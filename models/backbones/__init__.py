@@ -20,7 +20,7 @@ from .vgg import VGGM, vgg
 from .wide_resnet import WideResNet, wide_resnet
 
 __all__ = [
-    "BACKBONES", "build_backbone", "default_feature_dim", "default_tap_dims",
+    "BACKBONES", "build_backbone", "build_encoder", "default_feature_dim", "default_tap_dims",
     "DenseNet3", "MnistConv", "ResNet", "VGGM", "WideResNet",
     "densenet", "mnist_conv", "resnet18", "resnet50", "vgg", "wide_resnet",
 ]
@@ -77,6 +77,16 @@ def build_backbone(enc_type: str, *, in_channels: int | None = None, input_heigh
     if enc_type in ("resnet18", "resnet50"):
         return BACKBONES[enc_type](**channels, first_conv=first_conv, maxpool1=maxpool1)
     return BACKBONES[enc_type](**channels, class_num=class_num)
+
+
+def build_encoder(enc_type: str, enc_out_dim: int, **options) -> nn.Module:
+    """:func:`build_backbone` for a model whose head expects h of size ``enc_out_dim`` (the
+    original's --enc_out_dim): a clear error when the backbone's feature size differs."""
+    encoder = build_backbone(enc_type, **options)
+    if encoder.feature_dim != enc_out_dim:
+        raise UserError(f"enc_out_dim {enc_out_dim} does not match {enc_type}'s feature size "
+                        f"{encoder.feature_dim}; set it to {encoder.feature_dim}", setting="enc_out_dim")
+    return encoder
 
 
 def default_feature_dim(enc_type: str) -> int:
