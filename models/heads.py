@@ -21,6 +21,6 @@ def make_heads(feature_dim: int, latent_dim: int,
     return fc_mu, fc_var
 
 
-def reparameterise(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """z = mu + exp(log_var / 2) * eps with eps ~ N(0, I)."""
-    return mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
+def reparameterise(mu: torch.Tensor, sampling_std: torch.Tensor) -> torch.Tensor:
+    """z = mu + sampling_std * eps with eps ~ N(0, I); sampling_std = exp(log_var / 2)."""
+    return mu + sampling_std * torch.randn_like(mu)

@@ -14,7 +14,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from models.backbones import build_encoder
-from models.heads import make_heads
+from models.heads import make_heads, reparameterise
 from models.gaussians import ClassGaussians, ClassStatistics, LabelLayout, quantile_bounds
 from models.losses import TripletDistancingLoss, class_kl_loss
 from models.optimisation import check_optimiser, paper_optimisation
@@ -158,7 +158,7 @@ class VMDLS(ChannelsLast, pl.LightningModule):
         with torch.autocast(x.device.type, enabled=False):
             mu, log_var = mu.float(), log_var.float()
             sampling_std = torch.exp(0.5 * log_var)
-            z = mu + sampling_std * torch.randn_like(mu)  # heads.reparameterise, keeping the std
+            z = reparameterise(mu, sampling_std)
             layout = LabelLayout.of(y, self.hparams.class_num) if y.device.type == "cpu" else None
             metric = self.metric_loss(z, y)
             if self.current_epoch >= self.hparams.generation_epoch:
