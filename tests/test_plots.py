@@ -53,3 +53,27 @@ def test_plot_tsne_subsamples_and_marks_unknown(tmp_path, num_classes):
     features = rng.normal(size=(90, 8)) + labels[:, None]
     path = plots.plot_tsne(features, labels, num_classes, tmp_path / "tsne.png", max_points=60)
     assert_png(path)
+
+
+def test_a_failed_write_leaves_the_previous_figure_whole(tmp_path, data, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from utils.errors import UserError
+
+    scores, _, labels, num_classes = data
+    known = labels < num_classes
+    fpr, tpr, _ = metrics.roc_points(scores, known)
+    path = plots.plot_roc(fpr, tpr, metrics.auroc(scores, known), tmp_path / "roc.png")
+    before = (tmp_path / "roc.png").read_bytes()
+
+    def disk_full(self, target, **kwargs):
+        with open(target, "wb") as handle:
+            handle.write(b"\x89PNG half")  # half a file, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    with pytest.raises(UserError, match="roc.png"):
+        plots.plot_roc(fpr, tpr, 0.5, path)
+    assert (tmp_path / "roc.png").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["roc.png"]  # no temporary file left
+    assert_png(path)

@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from utils.loggers import atomic_path  # noqa: E402
+
 DPI = 150
 UNKNOWN_COLOUR = "black"
 # Above this many classes a per-class legend is unreadable; only "unknown" is listed.
@@ -30,13 +32,18 @@ def _to_numpy(values) -> np.ndarray:
 
 
 def _save(fig, path) -> str:
-    directory = os.path.dirname(os.fspath(path))
+    path = os.fspath(path)
+    directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return os.fspath(path)
+    try:
+        fig.tight_layout()
+        # Through a temporary file: a failed or interrupted write leaves the previous figure whole.
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=DPI, format=os.path.splitext(path)[1].lstrip(".") or "png")
+    finally:
+        plt.close(fig)
+    return path
 
 
 def plot_roc(fpr, tpr, auroc: float, path, fpr_at_95: Optional[float] = None,
