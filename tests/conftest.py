@@ -1,13 +1,28 @@
-"""Shared helpers for the dataset tests: tiny files in every on-disk format."""
+"""Shared test helpers: tiny files in every on-disk format the code reads, and one torch thread."""
 
 import gzip
 import os
 import pickle
 import struct
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+
+@contextmanager
+def one_torch_thread():
+    """One intra-op thread for the block: small networks on a shared CPU run much faster so
+    (threads spin-waiting on each other cost more than they save), and reductions are summed
+    in the same order on any core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def write_idx(path, arr, gz=False):

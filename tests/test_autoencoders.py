@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import one_torch_thread
 from models.autoencoders import AutoEncoder, MnistAE, ResNetAE, load_autoencoder
 from models.backbones.resnet import BasicBlock, Bottleneck, ResNet
 from utils.errors import UserError
@@ -95,11 +96,8 @@ def test_autoencoder_forward_rejects_wrong_image_shape():
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """The CPU steps below are small; one thread avoids oversubscribing a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.mark.parametrize("arch,shape,steps,factor", [("mnist", (1, 28, 28), 60, 0.85),

@@ -1,7 +1,6 @@
 """Bad input, end to end: each case is a command on tiny data, the exit status it must end
 with, and words its one-line message must hold (docs: README "Bad input")."""
 import os
-import pickle
 
 import pytest
 import torch

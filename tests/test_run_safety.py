@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import one_torch_thread
 import main as train_script
 import test as test_script
 from utils.cli import OutputFolder, run_main
@@ -62,10 +63,8 @@ def stopped(capsys, call) -> str:
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

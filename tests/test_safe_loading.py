@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_torch_thread
 import main as train_script
 import test as test_script
 from models.checkpoints import SafeCheckpointIO, read_checkpoint
@@ -80,11 +81,8 @@ def assert_refused(code, lines, marker, flag=None):
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Small networks on a shared CPU: one intra-op thread is much faster than several."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

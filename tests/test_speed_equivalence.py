@@ -13,7 +13,6 @@ import math
 import os
 import sys
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +24,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import main as train_script  # noqa: E402
+from conftest import one_torch_thread, write_idx_folder  # noqa: E402
 import mnist_ae  # noqa: E402
 import test as test_script  # noqa: E402
 
@@ -46,17 +46,6 @@ EVALUATIONS = {
 STATISTICS = ("class_means", "class_covs", "latent_means", "latent_covs", "class_bounds")
 
 
-@contextmanager
-def _one_thread():
-    """One intra-op thread, so reductions are summed in the same order on any core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _floats(prefix: str, value, out: dict) -> None:
     """Every float of a results.json, flattened to "prefix/key/..." names."""
     if isinstance(value, dict):
@@ -70,7 +59,7 @@ def short_run(folder: str | os.PathLike) -> dict:
     """Train a few steps on the embedded digits, train a tiny autoencoder, evaluate twice;
     return the numbers that must not change: a plain dict of tensors and floats."""
     folder = Path(folder)
-    with _one_thread():
+    with one_torch_thread():  # reductions summed in the same order on any core count
         last = train_script.main(TRAIN + ["--output_dir", str(folder / "train")])
         ae = mnist_ae.main(AUTOENCODER + ["--output_dir", str(folder / "ae")])
         record: dict = {}
@@ -213,7 +202,6 @@ def test_bf16_mixed_trains_and_evaluates_on_the_cpu(tmp_path):
     """--precision bf16-mixed: a short training and its evaluation end with finite results
     (the backbone autocasts; the losses, statistics and Gaussians stay float32 / float64).
     Tiny IDX sets: bfloat16 convolutions are slow on a CPU without bfloat16 instructions."""
-    from conftest import write_idx_folder
 
     write_idx_folder(tmp_path / "known", gz=False, seed=0)  # 3 training, 2 test images per digit
     write_idx_folder(tmp_path / "other", gz=True, seed=5)
