@@ -202,7 +202,6 @@ def test_bf16_mixed_trains_and_evaluates_on_the_cpu(tmp_path):
     """--precision bf16-mixed: a short training and its evaluation end with finite results
     (the backbone autocasts; the losses, statistics and Gaussians stay float32 / float64).
     Tiny IDX sets: bfloat16 convolutions are slow on a CPU without bfloat16 instructions."""
-
     write_idx_folder(tmp_path / "known", gz=False, seed=0)  # 3 training, 2 test images per digit
     write_idx_folder(tmp_path / "other", gz=True, seed=5)
     data = ["--known_dataset", f"idx:{tmp_path / 'known'}", "--unknown_dataset", f"idx:{tmp_path / 'other'}",
