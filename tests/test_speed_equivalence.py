@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -196,6 +197,31 @@ def test_channels_last_changes_no_feature():
     torch.testing.assert_close(after["mu"], before["mu"], rtol=1e-4, atol=1e-5)
     assert set(model.state_dict()) == set(VMDLS(input_height=28, enc_type="mnist-conv", enc_out_dim=500,
                                                 latent_dim=4, class_num=2, in_channels=1).state_dict())
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on the CPU needs a C++ compiler")
+def test_compile_trains_the_same_model_under_the_same_names(tmp_path):
+    """--compile: the backbone compiled in place and the metric loss on its compiled dense grid
+    give the same training (to float32 rounding: other kernels, another summation order),
+    and the checkpoint keeps the parameter names of an uncompiled run."""
+    short = TRAIN[:TRAIN.index("--limit_train_batches")] + ["--limit_train_batches", "2", "--max_epochs", "1"]
+    checkpoints, losses = {}, {}
+    for name, extra in (("plain", []), ("compiled", ["--compile"])):
+        last = train_script.main(short + extra + ["--output_dir", str(tmp_path / name)])
+        checkpoints[name] = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+        metrics = pd.read_csv(tmp_path / name / "metrics.csv")
+        losses[name] = metrics["train_triplet_loss_epoch"].dropna().to_numpy()
+    assert set(checkpoints["compiled"]) == set(checkpoints["plain"])
+    for key in ("class_means", "class_covs", "fc_mu.weight", "fc_var.weight"):
+        torch.testing.assert_close(checkpoints["compiled"][key], checkpoints["plain"][key], rtol=1e-4, atol=1e-6)
+    assert len(losses["plain"]) == 1 and abs(losses["compiled"][0] - losses["plain"][0]) < 1e-5 * losses["plain"][0]
+
+    from models.speed import prepare_for_speed
+    from models.vmdls import VMDLS
+
+    model = VMDLS(input_height=28, enc_type="mnist-conv", enc_out_dim=500, latent_dim=4, class_num=2, in_channels=1)
+    prepare_for_speed(model, "cpu", "32-true", compile=True)  # what main.py --compile does
+    assert model.encoder._compiled_call_impl is not None and model.metric_loss._compiled is not None
 
 
 def test_bf16_mixed_trains_and_evaluates_on_the_cpu(tmp_path):
