@@ -55,6 +55,24 @@ def test_train_loader_with_workers(mnist_root):
     assert len(list(loader)) == len(loader)
 
 
+def test_evaluation_loaders_read_image_folders_with_workers_too(mnist_root, tmp_path):
+    """test.py's passes (fitting, known test, each unknown set, an image folder included) use
+    --num_workers processes, and give the same images in the same order as without them."""
+    root, _ = mnist_root
+    write_images(tmp_path / "pngs" / "a", 5, size=(20, 24), mode="L", seed=3)
+    names = ["kmnist", f"folder:{tmp_path / 'pngs'}"]
+    passes = {}
+    for workers in (0, 2):
+        dm = _dm(root, unknown_dataset=",".join(names), num_workers=workers)
+        dm.setup("test")
+        loaders = [dm.fit_dataloader(), dm.known_test_dataloader(), *map(dm.unknown_test_dataloader, dm.unknown_names)]
+        assert all(loader.num_workers == workers for loader in loaders)
+        passes[workers] = [torch.cat([x for x, _ in loader]) for loader in loaders]
+    assert len(passes[2]) == 4 and passes[2][-1].shape == (5, 1, 28, 28)
+    for with_workers, without in zip(passes[2], passes[0]):
+        assert torch.equal(with_workers, without)
+
+
 def test_test_loader_known_then_unknown(mnist_root):
     root, written = mnist_root
     dm = _dm(root)
