@@ -191,15 +191,21 @@ MNIST_TRAIN = ["--enc_type", "mnist-conv", "--latent_dim", "32", "--enc_out_dim"
                "--margins_epoch", "1", "--batch_classes", "10", "--sample_count", "16", "--batch_size", "400"]
 
 
+def _short_schedule(train: list[str], epochs: int, batches: int, ae_epochs: int,
+                    ae_batch_size: int) -> tuple[list[str], list[str]]:
+    """main.py's flags ``train`` and mnist_ae.py's, for a short run: epochs of ``batches``
+    batches each, no validation."""
+    limits = ["--limit_train_batches", str(batches), "--limit_val_batches", "0"]
+    ae = ["--data_transforms", "mnist", "--latent_dim", "32", "--batch_size", str(ae_batch_size),
+          "--max_epochs", str(ae_epochs)]
+    return train + ["--max_epochs", str(epochs), *limits], ae + limits
+
+
 def quick_settings(args) -> list[Setting]:
     # --lr 1e-3, not the paper's 1e-4: in 18 steps 1e-4 leaves the cross-entropy model at
     # 17 % accuracy (BENCHMARKS.md, "OOD benchmark").
     train = _set(_set(MNIST_TRAIN, "--generation_epoch", 1), "--lr", args.lr or 0.001)
-    train += ["--max_epochs", str(args.max_epochs or 3), "--limit_train_batches", str(args.limit_train_batches or 6),
-              "--limit_val_batches", "0"]
-    ae = ["--data_transforms", "mnist", "--latent_dim", "32", "--batch_size", "160", "--max_epochs",
-          str(args.ae_epochs or 2), "--limit_train_batches", str(args.limit_train_batches or 6),
-          "--limit_val_batches", "0"]
+    train, ae = _short_schedule(train, args.max_epochs or 3, args.limit_train_batches or 6, args.ae_epochs or 2, 160)
     return [Setting("fashion_mnist", "fashion_mnist", 10, train, "mnist_ae.py", ae,
                     ["--data_transforms", "blob", "--batch_size", "500"], list(args.unknown or ["mnist", "noise"]),
                     ae_key="fashion_mnist")]
@@ -208,11 +214,7 @@ def quick_settings(args) -> list[Setting]:
 def tiny_settings(args) -> list[Setting]:
     train = _set(_set(MNIST_TRAIN, "--batch_classes", 6), "--sample_count", 4)
     train = _set(_set(train, "--generation_epoch", 1), "--lr", args.lr or 0.001)
-    train += ["--max_epochs", str(args.max_epochs or 1), "--limit_train_batches", str(args.limit_train_batches or 2),
-              "--limit_val_batches", "0"]
-    ae = ["--data_transforms", "mnist", "--latent_dim", "32", "--batch_size", "24", "--max_epochs",
-          str(args.ae_epochs or 1), "--limit_train_batches", str(args.limit_train_batches or 2),
-          "--limit_val_batches", "0"]
+    train, ae = _short_schedule(train, args.max_epochs or 1, args.limit_train_batches or 2, args.ae_epochs or 1, 24)
     return [Setting("digits", "digits", 6, train, "mnist_ae.py", ae, ["--data_transforms", "blob", "--batch_size", "256"],
                     list(args.unknown or ["digits_unknown"]), ae_key="digits")]
 
