@@ -136,14 +136,7 @@ class TripletDistancingLoss(BaseMetricLossFunction):
         """Every (a, p, n) at once on an [N, M, M] grid: the same value as listing the
         triplets, without the host synchronisation that listing them (nonzero) costs."""
         dist = self.distance(embeddings, ref_emb)
-        same = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
-        positive = same
-        if ref_emb is embeddings:
-            positive = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-        valid = positive.unsqueeze(2) & ~same.unsqueeze(1)
-        losses = self._terms(dist.unsqueeze(2), dist.unsqueeze(1)) * valid
-        # AvgNonZeroReducer's rule: the mean over the triplets whose loss is positive.
-        loss = losses.sum() / (losses > 0).sum().clamp(min=1)
+        loss = _mean_over_triplet_grid(dist, labels, ref_labels, ref_emb is embeddings, self._terms)
         return {"loss": {"losses": loss, "indices": None, "reduction_type": "already_reduced"}}
 
     def _listed_triplets(self, embeddings, labels, indices_tuple, ref_emb, ref_labels):
@@ -169,17 +162,29 @@ def dense_triplet_distancing(embeddings: torch.Tensor, labels: torch.Tensor, mar
     embeddings."""
     unit = torch.nn.functional.normalize(embeddings, p=2, dim=1)
     dist = torch.cdist(unit, unit, p=2)
-    same = labels.unsqueeze(1) == labels.unsqueeze(0)
-    positive = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    return _mean_over_triplet_grid(dist, labels, labels, True,
+                                   lambda ap, an: torch.relu(ap - an + margin) + torch.relu(neg_margin - an))
+
+
+def _mean_over_triplet_grid(dist: torch.Tensor, labels: torch.Tensor, ref_labels: torch.Tensor, same_set: bool,
+                            terms) -> torch.Tensor:
+    """The mean of the positive ``terms(d(a,p), d(a,n))`` over every triplet (a, p, n) at once,
+    on an [N, M, M] grid (AvgNonZeroReducer's rule). ``same_set``: the references are the
+    anchors themselves, so an anchor is not its own positive."""
+    same = labels.unsqueeze(1) == ref_labels.unsqueeze(0)
+    positive = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device) if same_set else same
     valid = positive.unsqueeze(2) & ~same.unsqueeze(1)
-    an = dist.unsqueeze(1)
-    losses = (torch.relu(dist.unsqueeze(2) - an + margin) + torch.relu(neg_margin - an)) * valid
+    losses = terms(dist.unsqueeze(2), dist.unsqueeze(1)) * valid
     return losses.sum() / (losses > 0).sum().clamp(min=1)
 
 
-def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
-    """Element-wise log N(x; mean, exp(log_std)^2)."""
-    return -0.5 * ((x - mean) * torch.exp(-log_std)) ** 2 - log_std - LOG_SQRT_2PI
+def gaussian_log_density(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor,
+                         inverse_std: torch.Tensor | None = None) -> torch.Tensor:
+    """Element-wise log N(x; mean, exp(log_std)^2); ``inverse_std``, exp(-log_std), when the
+    caller already has it."""
+    if inverse_std is None:
+        inverse_std = torch.exp(-log_std)
+    return -0.5 * ((x - mean) * inverse_std) ** 2 - log_std - LOG_SQRT_2PI
 
 
 def class_kl_loss(
@@ -201,8 +206,7 @@ def class_kl_loss(
     """
     log_q = gaussian_log_density(z, mu, 0.5 * log_var)
     prior_mean = class_means[labels].to(z.dtype)
-    log_std, inverse_std = _prior_scale(z, prior_std)
-    log_p = -0.5 * ((z - prior_mean) * inverse_std) ** 2 - log_std - LOG_SQRT_2PI  # gaussian_log_density
+    log_p = gaussian_log_density(z, prior_mean, *_prior_scale(z, prior_std))
     per_sample = (log_q - log_p).mean(dim=1)
     # Per-class sums over a fixed K-slot table: no torch.unique, so no host synchronisation.
     num_classes = class_means.shape[0]
