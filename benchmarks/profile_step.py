@@ -24,7 +24,6 @@ import torch  # noqa: E402
 
 import main as train_script  # noqa: E402
 import throughput  # noqa: E402
-from models.backbones import default_feature_dim  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 
 # (file suffix, function name) -> what the row is
@@ -50,13 +49,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     torch.set_num_threads(1)
     throughput.register_tiny()
     with tempfile.TemporaryDirectory() as folder:
-        run = ["--known_dataset", "digits", "--unknown_dataset", "digits_unknown", "--class_num", "6",
-               "--data_transforms", "mnist", "--input_height", "28", "--accelerator", "cpu", "--num_workers", "0",
-               "--offline", "--logger", "csv", "--seed", "0", "--enc_type", args.enc_type,
-               "--enc_out_dim", str(default_feature_dim(args.enc_type)), "--latent_dim", "32",
-               "--batch_classes", "6", "--sample_count", str(args.sample_count), "--opt", "sgd", "--lr", "0.01",
-               "--generation_epoch", "0", "--margins_epoch", "0", "--max_epochs", str(args.epochs),
-               "--limit_val_batches", "0", "--objective", args.objective, "--output_dir", folder]
+        # throughput.py's timed training (the embedded digits on the CPU), under the profiler
+        settings = throughput.build_parser().parse_args([
+            "--backbones", args.enc_type, "--accelerator", "cpu", "--epochs", str(args.epochs),
+            "--sample_count", str(args.sample_count), "--output_dir", folder])
+        run = throughput.training_flags(args.enc_type, settings) + [
+            "--objective", args.objective, "--output_dir", os.path.join(folder, "run")]
         profile = cProfile.Profile()
         profile.enable()
         train_script.main(run)

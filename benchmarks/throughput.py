@@ -355,22 +355,31 @@ def plain_forward_seconds(checkpoint: str, argv: list[str], device: torch.device
 
 # ------------------------------------------------------------------------------ one backbone
 
-def measure(backbone: str, args, device: torch.device) -> dict:
-    root = os.path.join(args.output_dir, backbone)
-    data = data_flags(backbone, args, args.output_dir)
-    common = ["--accelerator", args.accelerator, "--num_workers", str(args.num_workers), "--offline",
-              "--logger", "csv", "--seed", "0", "--overwrite", "--precision", args.precision]
-    feature_dim = backbones.default_feature_dim(backbone)
-    train = data + common + [
-        "--enc_type", backbone, "--enc_out_dim", str(feature_dim), "--latent_dim", str(args.latent_dim),
-        "--batch_classes", str(args.batch_classes), "--sample_count", str(args.sample_count),
-        "--opt", "sgd", "--lr", "0.01", "--generation_epoch", "0", "--margins_epoch", "0",
-        "--max_epochs", str(args.epochs), "--limit_val_batches", "0",
+def common_flags(args) -> list[str]:
+    """main.py's and test.py's flags shared by every run of the benchmark."""
+    return ["--accelerator", args.accelerator, "--num_workers", str(args.num_workers), "--offline",
+            "--logger", "csv", "--seed", "0", "--overwrite", "--precision", args.precision]
+
+
+def training_flags(backbone: str, args) -> list[str]:
+    """main.py's flags (all but --output_dir) of the timed VMDLS training of ``backbone``."""
+    train = data_flags(backbone, args, args.output_dir) + common_flags(args) + [
+        "--enc_type", backbone, "--enc_out_dim", str(backbones.default_feature_dim(backbone)),
+        "--latent_dim", str(args.latent_dim), "--batch_classes", str(args.batch_classes),
+        "--sample_count", str(args.sample_count), "--opt", "sgd", "--lr", "0.01", "--generation_epoch", "0",
+        "--margins_epoch", "0", "--max_epochs", str(args.epochs), "--limit_val_batches", "0",
     ]
     if args.limit_train_batches:
         train += ["--limit_train_batches", str(args.limit_train_batches)]
     if args.compile:
         train += ["--compile"]
+    return train
+
+
+def measure(backbone: str, args, device: torch.device) -> dict:
+    root = os.path.join(args.output_dir, backbone)
+    data = data_flags(backbone, args, args.output_dir)
+    train = training_flags(backbone, args)
     batch = args.batch_classes * args.sample_count
 
     breakdown = {} if args.step_breakdown else None
@@ -386,9 +395,10 @@ def measure(backbone: str, args, device: torch.device) -> dict:
     floor = floor_throughput(backbone, shape, shape_args.class_num, batch, batches, max(3, args.epochs - 1),
                              device, args.precision, args.compile)
 
-    evaluation = data + common + ["--checkpoint_path", last, "--batch_size", str(args.eval_batch_size),
-                                  "--data_transforms", "cifar_test" if "cifar" in data[1] else "blob",
-                                  "--score_stats", args.score_stats, "--output_dir", os.path.join(root, "eval")]
+    evaluation = data + common_flags(args) + [
+        "--checkpoint_path", last, "--batch_size", str(args.eval_batch_size),
+        "--data_transforms", "cifar_test" if "cifar" in data[1] else "blob",
+        "--score_stats", args.score_stats, "--output_dir", os.path.join(root, "eval")]
     eval_s = min(timed_evaluation(evaluation, device) for _ in range(args.eval_repeats))
     plain_s, images = plain_forward_seconds(last, evaluation, device, args.precision, repeats=args.eval_repeats + 1)
 
@@ -434,7 +444,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbones", nargs="+", default=["mnist-conv"],
                         help=f"registry names, or {TINY} (one convolution, built here)")
@@ -462,7 +472,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--step_breakdown", action="store_true",
                         help="also: the time per step inside VMDLS's training_step and its logging, and the "
                              "microseconds of the metric loss, the class KL and the statistics update")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     register_tiny()
