@@ -30,8 +30,8 @@ def test_throughput_writes_the_issues_table_for_one_backbone(tmp_path, monkeypat
     [row] = written["rows"]
     assert {"backbone", "floor_img_per_s", "epoch_img_per_s", "epoch_ratio", "eval_ratio"} <= set(row)
     assert row["backbone"] == "tiny-conv"
-    assert math.isclose(row["epoch_ratio"], row["floor_img_per_s"] / row["epoch_img_per_s"], rel_tol=2e-2)
-    assert math.isclose(row["eval_ratio"], row["eval_s"] / row["plain_forward_s"], rel_tol=2e-2)
+    assert math.isclose(row["epoch_ratio"], row["floor_img_per_s"] / row["epoch_img_per_s"], rel_tol=2e-3)
+    assert math.isclose(row["eval_ratio"], row["eval_s"] / row["plain_forward_s"], rel_tol=2e-3)
     assert row["batches_per_epoch"] == 2 and row["batch"] == "6x2"
     assert len(row["epochs_s"]) == 2 and all(t > 0 for t in row["epochs_s"])
 
