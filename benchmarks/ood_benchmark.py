@@ -26,6 +26,14 @@ idx:PATH / folder:PATH; they go to test.py as given, except that with --unknown_
 under OUT/data/unknown/ and that folder is scored (8-bit grey, the known set's shape); the
 rows keep the name given (idx:/folder: sets are named after their folder).
 
+Budget flags combine freely: --train_images N / --test_images M write the first N training
+and M test images of the known set as an IDX folder under OUT/data/known/ (0: that split
+whole; both 0: the known set is read as it is, no folder), and --unknown_images K writes
+each unknown set's first K images at the known set's image shape (0: the sets as they
+are). IDX subsets are grey: settings with colour images (the CIFAR ones) take 0 for all
+three. --max_epochs, --ae_epochs, --limit_train_batches and --lr replace the profile's
+values (0: the profile's). A negative value is refused with one line (exit status 2).
+
 Writes OUT/results.json: one row per (setting, method, unknown set) with ``method``,
 ``unknown``, ``setting``, ``auroc``, ``auroc_std``, ``fpr_at_95_tpr``, ``fpr_at_95_tpr_std``,
 ``aupr_in``, ``aupr_out``, ``f1_macro_at_95_tpr``, ``closed_set_accuracy``, ``train_seconds``,
@@ -102,6 +110,8 @@ from dataclasses import dataclass, field
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from utils.errors import UserError  # noqa: E402  (after the path: the script runs from benchmarks/)
 
 ORIGINAL_COMMANDS = os.path.join(ROOT, "benchmarks", "readme_original_commands.txt")
 
@@ -230,7 +240,12 @@ DEMO_TRAIN = ["--enc_type", "mnist-conv", "--enc_out_dim", "500", "--latent_dim"
 
 def demo_settings(args) -> list[Setting]:
     train = _set(DEMO_TRAIN, "--max_epochs", args.max_epochs) if args.max_epochs else DEMO_TRAIN
+    if args.lr:
+        train = _set(train, "--lr", args.lr)
     ae = ["--max_epochs", str(args.ae_epochs or 8)]
+    if args.limit_train_batches:
+        train = _set(train, "--limit_train_batches", args.limit_train_batches)
+        ae += ["--limit_train_batches", str(args.limit_train_batches)]
     return [Setting("digits", "digits", 6, train, "mnist_ae.py", ae,
                     ["--data_transforms", "blob", "--batch_size", "512"], list(args.unknown or ["digits_unknown"]),
                     ae_key="digits", ae_eval_flags=["--log_tsne"])]
@@ -328,8 +343,9 @@ def build_plan(args, settings: list[Setting]) -> Plan:
     logging = ["--logger", "csv", "--offline"]
     for setting in settings:
         known = setting.known
-        if train_n:
-            folder = os.path.join(out, "data", "known", f"{slug(setting.known)}-train{train_n}-test{test_n}")
+        if train_n or test_n:  # one of the two may be 0: that split whole
+            folder = os.path.join(out, "data", "known",
+                                  f"{slug(setting.known)}-train{train_n or 'all'}-test{test_n or 'all'}")
             data["known"].append((setting.known, setting.class_num, folder, train_n, test_n))
             known = f"idx:{folder}"
         passed = []
@@ -412,8 +428,8 @@ def write_idx_split(folder: str, split: str, images, labels) -> None:
     images = torch.as_tensor(images)
     if images.dim() == 4:
         if images.shape[1] != 1:
-            raise SystemExit(f"IDX subsets hold grey images; {folder} would get {images.shape[1]} channels: "
-                             "run this profile without --unknown_images/--train_images (0)")
+            raise UserError(f"IDX subsets hold grey images and {folder} would get {images.shape[1]} channels: "
+                            "give --train_images, --test_images and --unknown_images 0 with this setting")
         images = images[:, 0]
     if images.dtype != torch.uint8:
         images = (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
@@ -434,27 +450,59 @@ def write_digits_set(folder: str) -> str:
 
 
 def _first(dataset, count: int):
+    """The first ``count`` items (0: all) as (N x C x H x W tensor, labels)."""
     import torch
 
-    count = min(count, len(dataset))
+    count = len(dataset) if count == 0 else min(count, len(dataset))
     items = [dataset[i] for i in range(count)]
     return torch.stack([x for x, _ in items]), [int(y) for _, y in items]
 
 
+def _how_many(count: int) -> str:
+    return "all" if count == 0 else f"the first {count}"
+
+
+def _grey(shape, name: str, flags: str) -> None:
+    if shape[0] != 1:
+        raise UserError(f"{flags} write grey IDX subsets and {name} has {shape[0]}-channel images: "
+                        f"give {flags} 0 with this setting")
+
+
+def _written(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "t10k-images-idx3-ubyte.gz"))
+
+
 def materialise(plan: Plan, data_dir: str, log) -> None:
-    """Write the IDX subsets the plan reads (once: existing folders are kept)."""
+    """Write the IDX subsets the plan reads (once: existing folders are kept). Each unknown
+    subset is written at the image shape of its known set, whether that set is read as it
+    is (--train_images 0 --test_images 0) or from its own IDX subset. Every check comes
+    before the first write."""
     from datasets.registry import get_known_dataset, get_unknown_dataset
 
-    shapes = {}
+    folders = {name: folder for name, _, folder, _, _ in plan.data["known"]}
+    shapes: dict[str, tuple] = {}
+
+    def shape_of(known: str, class_num: int) -> tuple:
+        if known not in shapes:
+            folder = folders.get(known)
+            dataset = get_known_dataset(f"idx:{folder}", data_dir, class_num, False) if folder and _written(folder) \
+                else get_known_dataset(known, data_dir, class_num, True)
+            shapes[known] = tuple(dataset.image_shape)
+        return shapes[known]
+
+    for name, class_num, _, _, _ in plan.data["known"]:
+        _grey(shape_of(name, class_num), name, "--train_images/--test_images")
+    for _, known, class_num, _, _ in plan.data["unknown"]:  # also when written: perhaps for another setting
+        _grey(shape_of(known, class_num), known, "--unknown_images")
     for name, class_num, folder, train_n, test_n in plan.data["known"]:
-        if not os.path.isfile(os.path.join(folder, "t10k-images-idx3-ubyte.gz")):
-            for split, train, count in (("train", True, train_n), ("t10k", False, test_n)):
-                images, labels = _first(get_known_dataset(name, data_dir, class_num, train), count)
-                write_idx_split(folder, split, images, labels)
-            log(f"wrote the first {train_n} training and {test_n} test images of {name} to {folder}")
-        shapes[name] = tuple(get_known_dataset(f"idx:{folder}", data_dir, class_num, False).image_shape)
+        if _written(folder):
+            continue
+        for split, train, count in (("train", True, train_n), ("t10k", False, test_n)):
+            images, labels = _first(get_known_dataset(name, data_dir, class_num, train), count)
+            write_idx_split(folder, split, images, labels)
+        log(f"wrote {_how_many(train_n)} training and {_how_many(test_n)} test images of {name} to {folder}")
     for name, known, class_num, folder, count in plan.data["unknown"]:
-        if os.path.isfile(os.path.join(folder, "t10k-images-idx3-ubyte.gz")):
+        if _written(folder):
             continue
         dataset = get_unknown_dataset(name, data_dir, class_num, shapes[known], train=False, seed=0)
         images, _ = _first(dataset, count)
@@ -752,21 +800,33 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--num_workers", type=int, default=None, help="default: 0 (quick, tiny), 4 (paper)")
     parser.add_argument("--dry_run", action="store_true", help="print the commands (and which are done); run none")
     budget = parser.add_argument_group("budget overrides (default: the profile's)")
-    budget.add_argument("--train_images", type=int, default=None, help="known training images written as IDX (0: all)")
-    budget.add_argument("--test_images", type=int, default=None, help="known test images written as IDX")
+    budget.add_argument("--train_images", type=int, default=None,
+                        help="the first N known training images written as IDX (0: all of them; with "
+                             "--test_images 0 too, the known set is read as it is)")
+    budget.add_argument("--test_images", type=int, default=None,
+                        help="the first N known test images written as IDX (0: all of them)")
     budget.add_argument("--unknown_images", type=int, default=None,
                         help="images of each unknown set written as IDX (0: the sets as they are)")
-    budget.add_argument("--max_epochs", type=int, default=None, help="VMDLS and ce epochs")
-    budget.add_argument("--ae_epochs", type=int, default=None, help="autoencoder epochs")
-    budget.add_argument("--limit_train_batches", type=int, default=None, help="batches per epoch, every training")
+    budget.add_argument("--max_epochs", type=int, default=None, help="VMDLS and ce epochs (0: the profile's)")
+    budget.add_argument("--ae_epochs", type=int, default=None, help="autoencoder epochs (0: the profile's)")
+    budget.add_argument("--limit_train_batches", type=int, default=None,
+                        help="batches per epoch, every training (0: the profile's)")
     budget.add_argument("--lr", type=float, default=None,
-                        help="VMDLS and ce learning rate (default: the paper's command's, 1e-4 for MNIST)")
+                        help="VMDLS and ce learning rate (default or 0: the profile's; the paper's command's, "
+                             "1e-4 for MNIST)")
     paper = parser.add_argument_group("paper profile")
     paper.add_argument("--settings", nargs="+", default=None, metavar="NAME", help=", ".join(PAPER_ORDER))
     paper.add_argument("--weights_dir", default=None, help="where --weights files are (default: --data_dir)")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
+    for name in ("train_images", "test_images", "unknown_images", "max_epochs", "ae_epochs", "limit_train_batches",
+                 "num_workers"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            parser.error(f"--{name} must be 0 or more, not {value}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr >= 0):
+        parser.error(f"--lr must be a positive number (0: the profile's), not {args.lr}")
     args.output_dir = args.output_dir or os.path.join("outputs", f"ood_{args.profile}")
     if args.num_workers is None:
         args.num_workers = DEFAULT_WORKERS[args.profile]
@@ -774,8 +834,6 @@ def parse(argv=None) -> argparse.Namespace:
     for name, default in zip(("train_images", "test_images", "unknown_images"), defaults):
         if getattr(args, name) is None:
             setattr(args, name, default)
-    if bool(args.train_images) != bool(args.test_images):
-        parser.error("--train_images and --test_images go together (both 0: the known set as it is)")
     return args
 
 
@@ -788,9 +846,11 @@ def budget_of(args, settings: list[Setting]) -> dict:
 
 def budget_header(args, settings: list[Setting]) -> str:
     lines = [f"# OOD benchmark, profile {args.profile}", ""]
-    if args.train_images:
-        lines.append(f"Known set: the first {args.train_images} training and {args.test_images} test images; "
-                     f"each unknown set: its first {args.unknown_images} test images (IDX under data/).")
+    if args.train_images or args.test_images:
+        lines.append(f"Known set: {_how_many(args.train_images)} training and {_how_many(args.test_images)} test "
+                     "images (IDX under data/).")
+    if args.unknown_images:
+        lines.append(f"Each unknown set: its first {args.unknown_images} test images (IDX under data/).")
     for s in settings:
         lines.append(f"- {s.name}: known {s.known} ({s.class_num} classes); main.py {' '.join(s.train_flags)}; "
                      f"{s.ae_script} {' '.join(s.ae_flags)}; test.py {' '.join(s.test_flags)}")
@@ -804,7 +864,8 @@ def main(argv=None) -> list[dict]:
     log = Clock()
     if args.dry_run:
         for name, class_num, folder, train_n, test_n in plan.data["known"]:
-            print(f"# write the first {train_n} training / {test_n} test images of {name} to idx:{folder}")
+            print(f"# write {_how_many(train_n)} training / {_how_many(test_n)} test images of {name} "
+                  f"to idx:{folder}")
         for name, _, _, folder, count in plan.data["unknown"]:
             print(f"# write the first {count} images of {name} to idx:{folder}")
         for step in plan.steps:

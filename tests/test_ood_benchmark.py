@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import math
 import os
+import subprocess
 import sys
 
 import pytest
+
+from conftest import make_mnist_arrays, one_torch_thread, write_idx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -156,3 +160,115 @@ def test_tiny_end_to_end(tmp_path, capsys):
     # Another budget into the same folder stops.
     with pytest.raises(SystemExit):
         bench.main(argv + ["--max_epochs", "2"])
+
+
+# --------------------------------------------------------------------------------------
+# Budget flags (issue 16, point 6): every mix of 0 / positive counts, bad values in one line
+# --------------------------------------------------------------------------------------
+def _idx_count(folder, split):
+    from datasets.sources import load_idx_folder
+
+    return int(load_idx_folder(str(folder), split == "train")[0].shape[0])
+
+
+@pytest.mark.parametrize("train_n,test_n,unknown_n", list(itertools.product((0, 7), (0, 5), (0, 4))))
+def test_budget_flags_combine(tmp_path, capsys, train_n, test_n, unknown_n):
+    """Plan (dry run) and data step (materialise) for each mix of whole sets (0) and subsets."""
+    out_dir = tmp_path / "out"
+    argv = ["--profile", "tiny", "--output_dir", str(out_dir), "--accelerator", "cpu", "--train_images", str(train_n),
+            "--test_images", str(test_n), "--unknown_images", str(unknown_n), "--max_epochs", "2",
+            "--limit_train_batches", "3", "--ae_epochs", "2", "--lr", "0.002"]
+    text = _dry(capsys, *argv)
+    assert not out_dir.exists()
+    commands = [line for line in text.splitlines() if line.startswith("python ")]
+    assert len(commands) == 6
+    train = next(c for c in commands if "--objective vmdls" in c)
+    assert "--max_epochs 2 " in train and "--limit_train_batches 3 " in train and "--lr 0.002 " in train
+    assert "--max_epochs 2 " in next(c for c in commands if c.startswith("python mnist_ae.py"))
+    subset = bool(train_n or test_n)
+    assert all(("--known_dataset idx:" in c) == subset for c in commands)
+    assert all(("--known_dataset digits " in c) == (not subset) for c in commands)
+    tests = [c for c in commands if c.startswith("python test.py")]
+    assert all(("data/unknown/digits_unknown-4" in c) == bool(unknown_n) for c in tests)
+    assert all((" digits_unknown " in c + " ") == (not unknown_n) for c in tests)
+
+    args = bench.parse(argv)
+    plan = bench.build_plan(args, bench.PROFILES["tiny"](args))
+    bench.materialise(plan, args.data_dir, lambda message: None)
+    known_dirs = list((out_dir / "data" / "known").glob("*")) if subset else []
+    assert len(known_dirs) == int(subset) and (out_dir / "data" / "known").exists() == subset
+    from datasets.registry import get_known_dataset
+
+    for folder in known_dirs:
+        for split, count in (("train", train_n), ("test", test_n)):
+            whole = len(get_known_dataset("digits", "", 6, split == "train"))
+            assert _idx_count(folder, split) == (count or whole)
+    unknown_dirs = list((out_dir / "data" / "unknown").glob("*"))
+    assert [d.name for d in unknown_dirs] == (["digits_unknown-4"] if unknown_n else [])
+    for folder in unknown_dirs:
+        assert _idx_count(folder, "test") == 4
+
+
+def _fashion_mnist_root(root):
+    """data_dir with a small fake Fashion-MNIST (16 training, 2 test images per class) and
+    MNIST test split, in torchvision's <Name>/raw/ layout."""
+    for name, seed, splits in (("FashionMNIST", 10, (("train", 16), ("t10k", 2))), ("MNIST", 0, (("t10k", 2),))):
+        for split, per_class in splits:
+            images, labels = make_mnist_arrays(seed + (split == "t10k"), per_class)
+            write_idx(os.path.join(root, name, "raw", f"{split}-images-idx3-ubyte"), images, gz=True)
+            write_idx(os.path.join(root, name, "raw", f"{split}-labels-idx1-ubyte"), labels, gz=True)
+    return str(root)
+
+
+def test_quick_whole_known_set_with_unknown_subsets_end_to_end(tmp_path, capsys):
+    """The report of issue 16: --train_images 0 --test_images 0 --unknown_images N (the
+    known set as it is, a subset of each unknown set) stopped with KeyError: 'fashion_mnist'."""
+    data_dir = _fashion_mnist_root(tmp_path / "data")
+    out_dir = tmp_path / "out"
+    argv = ["--profile", "quick", "--data_dir", data_dir, "--output_dir", str(out_dir), "--accelerator", "cpu",
+            "--train_images", "0", "--test_images", "0", "--unknown_images", "6", "--unknown", "mnist",
+            "--max_epochs", "1", "--limit_train_batches", "1", "--ae_epochs", "1"]
+    with one_torch_thread():
+        rows = bench.main(argv)
+    capsys.readouterr()
+    assert [r["method"] for r in rows] == list(bench.METHODS)
+    assert all(r["unknown"] == "mnist" and 0.0 <= r["auroc"] <= 1.0 for r in rows)
+    assert not (out_dir / "data" / "known").exists()  # the known set read as it is
+    assert _idx_count(out_dir / "data" / "unknown" / "mnist-6", "test") == 6
+    summary = (out_dir / "seed0" / "fashion_mnist" / "eval_ce" / "summary.csv").read_text()
+    assert "mnist-6" in summary
+    header = (out_dir / "results.md").read_text()
+    assert "first 6 test images" in header and "Known set" not in header
+
+
+@pytest.mark.parametrize("flag,value", [("--train_images", "-1"), ("--test_images", "-3"), ("--unknown_images", "-5"),
+                                        ("--max_epochs", "-1"), ("--ae_epochs", "-2"),
+                                        ("--limit_train_batches", "-1"), ("--lr", "-0.1"), ("--lr", "nan")])
+def test_bad_budget_values_are_one_line(capsys, tmp_path, flag, value):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--dry_run", "--profile", "tiny", "--output_dir", str(tmp_path / "o"), flag, value])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert ": error: " in err[-1] and flag in err[-1] and value in err[-1]
+
+
+def test_bad_budget_value_from_the_command_line_has_no_traceback(tmp_path):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ood_benchmark.py"), "--dry_run",
+                           "--output_dir", str(tmp_path / "o"), "--unknown_images", "-2"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].endswith("--unknown_images must be 0 or more, not -2")
+
+
+def test_colour_known_set_with_subsets_is_one_sentence(tmp_path):
+    """IDX subsets are grey: a colour setting with a subset flag stops before writing anything."""
+    from conftest import write_cifar
+    from utils.errors import UserError
+
+    write_cifar(str(tmp_path / "data"), 10)
+    args = bench.parse(["--profile", "paper", "--settings", "cifar10_vgg", "--data_dir", str(tmp_path / "data"),
+                        "--output_dir", str(tmp_path / "o"), "--unknown", "noise", "--unknown_images", "3"])
+    plan = bench.build_plan(args, bench.PROFILES["paper"](args))
+    with pytest.raises(UserError, match="--unknown_images write grey IDX subsets"):
+        bench.materialise(plan, args.data_dir, lambda message: None)
+    assert not (tmp_path / "o").exists()
