@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= outputs/demo
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-kernels clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# The tests that compare with numbers recorded on another machine, under the kernels another
+# CPU would use: the baseline ones, and AVX2 ones on an AVX-512 machine (.ci/run runs it).
+test-kernels: install
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest -q -m recorded
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 $(PY) -m pytest -q -m recorded
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -26,7 +26,7 @@ from pytorch_ood.api import FeaturesDetector, RequiresFittingException
 from torch import nn
 
 from models.gaussians import ClassGaussians, ClassStatistics
-from models.speed import ChannelsLast, autocast
+from models.speed import ChannelsLast, autocast, full_precision
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -144,8 +144,8 @@ class FeatureEnsembleDetector(FeaturesDetector):
         with autocast(self.device, self.autocast_dtype):
             out = self.model.embed(x)
         if self.autocast_dtype is not None:
-            out = {"h": out["h"].float(), "taps": [t.float() for t in out["taps"]], "mu": out["mu"].float(),
-                   "log_var": out["log_var"].float()}
+            out = {"h": full_precision(out["h"]), "taps": [full_precision(t) for t in out["taps"]],
+                   "mu": full_precision(out["mu"]), "log_var": full_precision(out["log_var"])}
         return x, out["taps"][0], torch.cat([*out["taps"], out["h"], out["mu"]], dim=1), out
 
     @torch.no_grad()
@@ -206,8 +206,8 @@ class FeatureEnsembleDetector(FeaturesDetector):
                 else:  # larger than announced: score the training set in a second pass
                     features = None
             if keep_outputs:
-                kept["h"].append(out["h"].float())
-                kept["mu"].append(out["mu"].float())
+                kept["h"].append(full_precision(out["h"]))
+                kept["mu"].append(full_precision(out["mu"]))
                 kept["labels"].append(y)
         self.fit_outputs = None if not keep_outputs or stats is None else {
             k: torch.cat(v).cpu() for k, v in kept.items()}
@@ -297,8 +297,8 @@ class FeatureEnsembleDetector(FeaturesDetector):
             if keep_features:
                 features.append(f)
             if keep_outputs:
-                hs.append(out["h"].float())
-                mus.append(out["mu"].float())
+                hs.append(full_precision(out["h"]))
+                mus.append(full_precision(out["mu"]))
         if not log_likelihoods:
             raise ValueError("no batches to evaluate")
         log_likelihoods = torch.cat(log_likelihoods).cpu()

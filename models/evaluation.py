@@ -18,7 +18,7 @@ import torch
 
 from models.baselines import BASELINES, Baseline, Outputs, make_baseline
 from models.detector import Evaluation, FeatureEnsembleDetector, score_set
-from models.speed import ChannelsLast, autocast, autocast_dtype, channels_last_pays
+from models.speed import ChannelsLast, autocast, autocast_dtype, channels_last_pays, evaluation_dtype, full_precision
 from utils.errors import UserError
 
 PAPER_DETECTOR = "vmdls"
@@ -69,6 +69,13 @@ class Evaluator:
         self.model, self.kind = model.eval(), kind
         self.detectors = list(dict.fromkeys(detectors))
         self.preprocess = preprocess or (lambda x: x)
+        double = evaluation_dtype(precision)
+        if double is not None:  # --precision 64-true: every network pass in float64
+            self.model.to(double)
+            if autoencoder is not None:
+                autoencoder.to(double)
+            normalise = self.preprocess
+            self.preprocess = lambda x: normalise(x).to(double)
         self.device = torch.device(device)
         self.score_stats = score_stats
         self.keep_features = keep_features
@@ -104,8 +111,8 @@ class Evaluator:
         for x, y in loader:  # the outputs stay on the device until the pass ends
             with autocast(self.device, self.autocast_dtype):
                 h, z = self.model.features_and_logits(self.preprocess(x.to(self.device, non_blocking=True)))
-            features.append(h.float())
-            logits.append(z.float())
+            features.append(full_precision(h))
+            logits.append(full_precision(z))
             labels.append(y)
         return Outputs(labels=torch.cat(labels).cpu(), features=torch.cat(features).cpu(),
                        logits=torch.cat(logits).cpu())

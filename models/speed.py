@@ -33,6 +33,17 @@ def autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype |
     return None
 
 
+def evaluation_dtype(precision: str | None) -> torch.dtype | None:
+    """float64 for ``--precision 64-true`` (test.py runs the networks in double precision, the
+    reference the fixture tests measure float32 rounding against); None: the model's own dtype."""
+    return torch.float64 if str(precision or "") in ("64-true", "64") else None
+
+
+def full_precision(tensor: torch.Tensor) -> torch.Tensor:
+    """An autocast output back in float32; float32 and float64 outputs as they are."""
+    return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """``torch.autocast`` to ``dtype`` on ``device``'s type; no autocast for None."""
     return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)

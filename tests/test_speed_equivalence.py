@@ -1,10 +1,21 @@
 """The speed work changes no number: a short training run and its evaluations, with the same
-seeds, give bit for bit the class statistics, weights, scores and metrics recorded in
-tests/fixtures/short_run_statistics.pt (written by the code before the speed changes).
+seeds, give the class statistics, weights, scores and metrics recorded in
+tests/fixtures/short_run_statistics.pt (written by the code before the speed changes, on an
+AMD EPYC with AVX2 kernels). The comparison runs on every CPU:
 
-Regenerate the fixture (only when a change of the numbers is deliberate and documented):
+* bit for bit where the kernels are the recording machine's (:func:`kernel_fingerprint`: the
+  torch version, ATen's vector ISA, the ISA that oneDNN and MKL may use, the CPU vendor), as
+  on any x86-64 CPU with AVX2 under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+  MKL_ENABLE_INSTRUCTIONS=AVX2`` (.ci/run runs it so); only the KNN detector's distances, which
+  scikit-learn takes from numpy's BLAS with a CPU dispatch of its own, to 1e-12;
+* elsewhere within what the run amplifies float32 rounding to (:data:`AMPLIFIED`), and with
+  every metric recomputed from the recorded scores by today's metric code.
 
-    python tests/test_speed_equivalence.py --regenerate
+Regenerate the fixture (only when a change of the numbers is deliberate and documented), under
+the recording kernels:
+
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+        python tests/test_speed_equivalence.py --regenerate
 """
 from __future__ import annotations
 
@@ -83,11 +94,43 @@ def short_run(folder: str | os.PathLike) -> dict:
     return record
 
 
+ISA_LEVELS = ("baseline", "avx2", "avx512")
+
+
+def _isa_level(text: str) -> int:
+    """An ISA name (an environment variable's value, or ATen's) as an index into ISA_LEVELS."""
+    text = text.upper()
+    return 2 if text.startswith("AVX512") else 1 if text.startswith("AVX2") else 0
+
+
+def _cpu_flags_and_vendor() -> tuple[set[str], str]:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            info = handle.read()
+    except OSError:
+        return set(), "unknown"
+    fields = dict(line.split(":", 1) for line in info.splitlines()[:40] if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    return set(fields.get("flags", "").split()), fields.get("vendor_id", "unknown")
+
+
+def kernel_fingerprint() -> dict[str, str]:
+    """What decides the float32 kernels' summation order: the torch build, ATen's vector ISA,
+    the ISA oneDNN (convolutions) and MKL (matrix products) may use (the CPU's best, capped by
+    ONEDNN_MAX_CPU_ISA / MKL_ENABLE_INSTRUCTIONS), and the CPU vendor (MKL dispatches on it)."""
+    flags, vendor = _cpu_flags_and_vendor()
+    best = 2 if "avx512f" in flags else 1 if "avx2" in flags else 0
+    capped = {name: min(best, _isa_level(os.environ[name])) if os.environ.get(name) else best
+              for name in ("ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")}
+    return {"torch": str(torch.__version__), "aten": torch.backends.cpu.get_cpu_capability(),
+            "onednn": ISA_LEVELS[capped["ONEDNN_MAX_CPU_ISA"]], "mkl": ISA_LEVELS[capped["MKL_ENABLE_INSTRUCTIONS"]],
+            "vendor": vendor}
+
+
 def regenerate() -> None:
     with tempfile.TemporaryDirectory() as folder:
         record = short_run(folder)
-    record["_torch"] = str(torch.__version__)
-    record["_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    record["_fingerprint"] = kernel_fingerprint()
     FIXTURE.parent.mkdir(parents=True, exist_ok=True)
     torch.save(record, FIXTURE)
     print(f"wrote {FIXTURE} ({len(record)} entries)")
@@ -105,17 +148,67 @@ def _same(expected, actual) -> bool:
     return expected == actual
 
 
-def test_a_short_run_gives_the_recorded_numbers_bit_for_bit(tmp_path):
+# Computed outside torch's kernels: scikit-learn's nearest neighbours use numpy's BLAS, which
+# picks its kernels by a CPU dispatch of its own (1.7e-14 apart on one machine under the
+# recording machine's torch kernels).
+OUTSIDE_TORCH = "/knn/"
+
+# How far the short run moves on another CPU, relative (normwise for tensors): ten times the
+# largest move measured between three kernel families of one CPU (AVX-512 and baseline kernels
+# against the AVX2 recording). Six optimiser steps with hard-triplet mining amplify a rounding
+# difference of 1e-7 to 4.0e-3 of the trained weights and statistics (3.4e-3 with the other
+# family); the log-likelihoods inherit 1.9e-3, the reconstruction distances 5.7e-3, and the
+# scores, differences of log-likelihoods near their maximum, 5.1e-2; 10 of 360 predictions
+# changed. A factor of ten leaves room for kernels that round more differently.
+AMPLIFIED = {"tensors": 4e-2, "max_log_likelihood": 2e-2, "reconstruction": 6e-2, "score": 0.5,
+             "prediction": 100 / 360}
+
+
+def _normwise(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.double().reshape(expected.shape), expected.double()
+    finite = torch.isfinite(expected)
+    assert torch.equal(finite, torch.isfinite(actual))
+    return float((actual[finite] - expected[finite]).norm() / expected[finite].norm().clamp_min(1e-300))
+
+
+def assert_within_amplified_rounding(actual: dict, expected: dict, labels: dict[str, torch.Tensor]) -> None:
+    """The foreign-CPU comparison (module docstring): trained tensors and per-image columns
+    within AMPLIFIED; the metrics of the paper's detector, recomputed by today's code from the
+    recorded scores and predictions, equal to the recorded ones (to float64 rounding)."""
+    from utils.metrics import ood_metrics
+
+    for key, value in expected.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        column = key.rsplit("/", 1)[-1]
+        if column == "prediction":
+            changed = int((actual[key] != value).sum())
+            assert changed <= AMPLIFIED["prediction"] * len(value), (key, changed)
+        else:
+            error = _normwise(actual[key], value)
+            assert error <= AMPLIFIED.get(column, AMPLIFIED["tensors"]), (key, error)
+    for name, labels_of_set in labels.items():
+        recomputed = ood_metrics(expected[f"{name}/scores.csv/score"].numpy(),
+                                 expected[f"{name}/scores.csv/prediction"].numpy(), labels_of_set.numpy(), 4)
+        for metric, value in recomputed.items():
+            recorded = expected[f"{name}/{metric}"]
+            assert value == pytest.approx(recorded, rel=1e-12, abs=1e-15, nan_ok=True), (name, metric)
+
+
+@pytest.mark.recorded
+def test_a_short_run_gives_the_recorded_numbers(tmp_path):
     expected = torch.load(FIXTURE, map_location="cpu", weights_only=True)
-    if expected.pop("_torch") != str(torch.__version__):
-        pytest.skip("the fixture was recorded with another torch version; regenerate it with the code before a "
-                    "change to compare")
-    if expected.pop("_cpu_capability") != torch.backends.cpu.get_cpu_capability():
-        pytest.skip("the fixture was recorded on a CPU with other vector instructions")
+    recorded_on = expected.pop("_fingerprint")
     actual = short_run(tmp_path)
     assert set(actual) == set(expected)
-    differing = [key for key, value in expected.items() if not _same(value, actual[key])]
-    assert not differing, f"not bit for bit the recorded values: {differing}"
+    if recorded_on == kernel_fingerprint():
+        differing = [key for key, value in expected.items() if not _same(value, actual[key]) and not (
+            OUTSIDE_TORCH in key and actual[key] == pytest.approx(value, rel=1e-12))]
+        assert not differing, f"not bit for bit the recorded values: {differing}"
+    else:
+        labels = {name: torch.tensor(pd.read_csv(tmp_path / name / "scores.csv")["label"].to_numpy())
+                  for name in EVALUATIONS}
+        assert_within_amplified_rounding(actual, expected, labels)
 
 
 # ---- the pieces, against the forms they replace ---------------------------------------------
