@@ -157,3 +157,21 @@ def test_a_detector_the_checkpoint_cannot_serve_is_one_sentence(checkpoints, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0] and "--detector" in err[0]
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["vmdls", "ce"])
+def test_every_detector_evaluates_in_float64_as_in_float32(checkpoints, tmp_path, kind):
+    """test.py --precision 64-true runs every network pass in float64 (the reference the
+    recorded-number tests measure float32 rounding against): the same figures, to rounding."""
+    detectors = ["vmdls", "vmdls_latent", "mahalanobis", "knn"] if kind == "vmdls" else \
+        ["msp", "energy", "maxlogit", "mahalanobis", "knn", "vim"]
+    results = {}
+    for precision in ("32-true", "64-true"):
+        run_test(checkpoints[kind], tmp_path / precision, "--unknown_dataset", "digits_unknown", "--precision",
+                 precision, "--detector", *detectors)
+        summary = pd.read_csv(tmp_path / precision / "summary.csv")
+        results[precision] = summary[summary["unknown"] == "digits_unknown"].set_index("method")
+    for detector in detectors:
+        single, double = results["32-true"].loc[detector], results["64-true"].loc[detector]
+        assert double["auroc"] == pytest.approx(single["auroc"], abs=2e-3), detector
+        assert double["closed_set_accuracy"] == pytest.approx(single["closed_set_accuracy"], abs=2e-2), detector
