@@ -5,6 +5,10 @@
 With --objective ce it trains the baseline instead: the same backbone with a linear head and
 cross-entropy, on shuffled batches of B_c x B_s images, with the same data and schedule.
 
+--checkpoint_path resumes a run exactly (its settings cannot change); --warm_start starts a
+new run from a trained model's weights with the command line's settings, as the original's
+--checkpoint_path did between the stages of its training.
+
 Everything the run writes goes under --output_dir: checkpoints/last.ckpt, metrics.csv,
 hparams.yaml and args.json. The last line printed names the last checkpoint.
 """
@@ -40,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("run")
     group.add_argument("--checkpoint_path", default=None, type=str,
                        help="resume from this checkpoint: epoch, optimiser, class statistics and margin")
+    group.add_argument("--warm_start", default=None, type=str, metavar="CKPT",
+                       help="start a new run from this trained model's weights (backbone and heads), as the "
+                            "original's --checkpoint_path did for its staged training: from epoch 0 with a fresh "
+                            "optimiser and StepLR, the class statistics zeroed and M_d at --margin_max_distance; "
+                            "every flag given applies (batches, --lr, epochs, margins), and the architecture flags "
+                            "not given are the checkpoint's")
     group.add_argument("--log_tsne", action="store_true", help="write a t-SNE of the trained latent space")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the backbone and the metric loss (for a GPU; on the CPU it did not pay: "
@@ -63,6 +73,46 @@ def build_datamodule(args: argparse.Namespace) -> KnownUnknownDataModule:
         raise UserError(f"--input_height {args.input_height} does not match {args.known_dataset}'s "
                         f"{height}x{height} images; pass --input_height {height}")
     return datamodule
+
+
+def read_warm_start(args: argparse.Namespace, given: set[str]) -> dict:
+    """--warm_start: the trained checkpoint a new run starts from, read without running code
+    from it (unless --trust_checkpoint). Its architecture fills the architecture flags not
+    given (utils.cli.warm_start_settings); args.warm_start becomes an absolute path, so that
+    args.json names the file wherever the run was started."""
+    from models.checkpoints import checkpoint_kind, read_checkpoint
+    from utils.cli import warm_start_settings
+
+    path = args.warm_start
+    if args.weights:
+        raise UserError("--warm_start and --weights both give the weights to start from; drop --weights (the "
+                        "checkpoint holds the backbone)")
+    if not os.path.isfile(path):
+        raise UserError(f"--warm_start {path!r} does not exist; give a checkpoint written by main.py (for example "
+                        "OUTPUT_DIR/checkpoints/last.ckpt)")
+    checkpoint = read_checkpoint(path, trust=args.trust_checkpoint, setting="warm_start")
+    kind = checkpoint_kind(checkpoint, setting="warm_start")
+    if kind != args.objective:
+        raise UserError(f"--warm_start {path!r} holds a model of --objective {kind}, not {args.objective}; "
+                        f"warm-start it with --objective {kind}")
+    warm_start_settings(args, given, checkpoint)
+    args.warm_start = os.path.abspath(path)
+    return checkpoint
+
+
+def warm_start(model: VMDLS | CrossEntropyClassifier, checkpoint: dict, args: argparse.Namespace) -> str:
+    """Put the --warm_start checkpoint's backbone and heads into the freshly built ``model``;
+    the rest stays as built (the class statistics zero, as the original zeroed its class
+    means). M_d starts at --margin_max_distance, as in the original's warm start. Returns a
+    line to print."""
+    from models.checkpoints import load_network_weights
+
+    loaded = load_network_weights(model, checkpoint)
+    margin = ""
+    if hasattr(model, "metric_loss"):  # VMDLS; the classifier has no margin
+        model.metric_loss.neg_margin = args.margin_max_distance
+        margin = f", M_d {args.margin_max_distance:g}"
+    return f"warm start from {args.warm_start}: {loaded} weight tensors{margin}, training from epoch 0"
 
 
 def build_callbacks(args: argparse.Namespace, checkpoint_dir: str) -> tuple[list[pl.Callback], ModelCheckpoint]:
@@ -129,15 +179,18 @@ def _train(argv: list[str] | None, cleanup: ExitStack) -> str:
     from models.speed import prepare_for_speed
     from models.vmdls import VMDLS
     from models.weights import load_backbone_weights
-    from utils.cli import TRAINING_RUN, claim_output_dir, resume_settings, trainer_kwargs
+    from utils.cli import TRAINING_RUN, claim_output_dir, is_inside, resume_settings, trainer_kwargs
     from utils.flags import explicit_flags
     from utils.loggers import build_loggers, write_run_record
 
     if args.finetune and args.objective == "ce":
         raise UserError("--finetune is for the VMDLS objective (it trains the variational heads first); "
                         "for --objective ce drop --finetune and start from --weights alone")
-    if args.finetune and not args.weights:
-        raise UserError("--finetune trains from given backbone weights; add --weights FILE")
+    if args.finetune and not (args.weights or args.warm_start):
+        raise UserError("--finetune trains from given backbone weights; add --weights FILE (or --warm_start CKPT)")
+    if args.warm_start and args.checkpoint_path:
+        raise UserError("--warm_start starts a new run from a model's weights and --checkpoint_path resumes a run; "
+                        "give only one of them")
     if args.checkpoint_path and not os.path.isfile(args.checkpoint_path):
         raise UserError(f"--checkpoint_path {args.checkpoint_path!r} does not exist; give a checkpoint "
                         "written by main.py (for example OUTPUT_DIR/checkpoints/last.ckpt)")
@@ -151,8 +204,13 @@ def _train(argv: list[str] | None, cleanup: ExitStack) -> str:
                             f"not {args.objective}; resume it with --objective {kind}")
         resume_settings(args, explicit_flags(parser, argv), resumed)  # the checkpoint's settings, or a refusal
         del resumed
+    warm = read_warm_start(args, explicit_flags(parser, argv)) if args.warm_start else None
     output_dir = args.output_dir = args.output_dir or default_output_dir(args)
-    # Created, checked for writing and locked before any work; a folder holding another run is refused.
+    if warm is not None and args.overwrite and is_inside(args.warm_start, output_dir):
+        raise UserError(f"--overwrite would delete {args.warm_start}, the checkpoint --warm_start starts from; "
+                        "copy it elsewhere or pick another --output_dir")
+    # Created, checked for writing and locked before any work; a folder holding another run is refused
+    # (a warm start is a new run).
     folder = cleanup.enter_context(claim_output_dir(output_dir, TRAINING_RUN, args.overwrite, args.checkpoint_path))
     pl.seed_everything(args.seed, workers=True, verbose=False)
     trainer_args = trainer_kwargs(args)
@@ -160,7 +218,10 @@ def _train(argv: list[str] | None, cleanup: ExitStack) -> str:
 
     model_class = CrossEntropyClassifier if args.objective == "ce" else VMDLS
     model = model_class.from_args(args, in_channels=datamodule.image_shape[0])
-    if args.weights and not args.checkpoint_path:
+    if warm is not None:
+        print(warm_start(model, warm, args))
+        del warm
+    elif args.weights and not args.checkpoint_path:
         print(load_backbone_weights(model.encoder, args.weights, trust=args.trust_checkpoint).summary())
     prepare_for_speed(model, trainer_args["accelerator"], args.precision, args.compile)  # channels-last, --compile
 

@@ -22,17 +22,17 @@ from utils.torch_files import as_plain_dict, read_torch_file
 _FOREIGN_PREFIXES = ("ae.", "sift.")
 
 
-def read_checkpoint(path: str | None, trust: bool = False) -> dict:
+def read_checkpoint(path: str | None, trust: bool = False, setting: str = "checkpoint_path") -> dict:
     """A Lightning checkpoint (ours or the original's) as a dict, read without running code
-    from it unless ``trust`` (--trust_checkpoint): see utils.torch_files."""
+    from it unless ``trust`` (--trust_checkpoint): see utils.torch_files. ``setting``: the
+    flag the path came from, named by the errors."""
     if not path:
         raise UserError("no model to evaluate: give the checkpoint of a trained model (main.py prints the path "
-                        "of the one it writes)", setting="checkpoint_path")
-    checkpoint = read_torch_file(path, "checkpoint", "give one written by main.py", setting="checkpoint_path",
-                                 trust=trust)
+                        "of the one it writes)", setting=setting)
+    checkpoint = read_torch_file(path, "checkpoint", "give one written by main.py", setting=setting, trust=trust)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UserError(f"checkpoint {path!r} is not a Lightning checkpoint; give one written by main.py",
-                        setting="checkpoint_path")
+                        setting=setting)
     return checkpoint
 
 
@@ -138,32 +138,66 @@ def load_vmdls(checkpoint: dict, overrides: dict | None = None) -> tuple[VMDLS, 
     return model, missing
 
 
+# The trained network of a checkpoint: the backbone and the heads (VMDLS's fc_mu and fc_var, the
+# classifier's fc). The rest (class statistics, their running sums) describes the run that wrote
+# it: a warm start (main.py --warm_start) begins without it, as the original zeroed its class means.
+NETWORK_MODULES = ("encoder", "fc_mu", "fc_var", "fc")
+
+
+def load_network_weights(model: VMDLS | CrossEntropyClassifier, checkpoint: dict) -> int:
+    """Load a checkpoint's backbone and head weights into ``model``, built with the same
+    architecture, and leave the rest of it as built. Every network tensor of the model must
+    come from the checkpoint: weights that do not fit are a UserError naming the setting to
+    change. Returns the number of tensors loaded."""
+    prefixes = tuple(f"{name}." for name in NETWORK_MODULES)
+    state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(_FOREIGN_PREFIXES)}
+    mismatch = _size_mismatch(model.state_dict(), state)  # the statistics' shapes too: they carry class_num
+    if mismatch:
+        raise UserError(mismatch[1], setting=mismatch[0])
+    weights = {k: v for k, v in state.items() if k.startswith(prefixes)}
+    own = {k for k in model.state_dict() if k.startswith(prefixes)}
+    missing, unexpected = sorted(own - weights.keys()), sorted(weights.keys() - own)
+    enc_type = model.hparams.get("enc_type")
+    if missing or unexpected:
+        what = (f"lacks weights this {enc_type} model has (e.g. {missing[0]})" if missing
+                else f"holds weights this {enc_type} model lacks (e.g. {unexpected[0]})")
+        raise UserError(f"the checkpoint {what}; give the enc_type, first_conv and maxpool1 it was trained with",
+                        setting="enc_type")
+    try:
+        model.load_state_dict(weights, strict=False)
+    except RuntimeError as error:  # a shape the size checks above do not read
+        first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+        raise UserError(f"the checkpoint's weights do not fit a {enc_type} model with these sizes ({first}); "
+                        "give the enc_type, enc_out_dim and latent_dim it was trained with", setting="enc_type")
+    return len(weights)
+
+
 # ------------------------------------------------------------------ the cross-entropy baseline
 KINDS = ("vmdls", "ce")
 
 
-def checkpoint_kind(checkpoint: dict) -> str:
+def checkpoint_kind(checkpoint: dict, setting: str = "checkpoint_path") -> str:
     """Which model a checkpoint holds: ``"ce"`` (the cross-entropy classifier of
     ``main.py --objective ce``) or ``"vmdls"``.
 
     "ce" when the hyperparameters say ``objective: ce``, or when the weights hold the
     classifier's head ``fc`` and no ``fc_mu``; "vmdls" when the weights hold ``fc_mu`` or
     the hyperparameters name no objective (the original's checkpoints, and ours before
-    the baseline existed). Anything else is a UserError.
+    the baseline existed). Anything else is a UserError (``setting``: the flag that gave it).
     """
     hparams = checkpoint_hparams(checkpoint)
     state = checkpoint.get("state_dict") or {}
     if "arch" in hparams and any(key.startswith("net.decoder.") for key in state):
         raise UserError("the checkpoint is an autoencoder's (from mnist_ae.py or train_resnet_ae.py), not a trained "
                         "model; pass it to test.py --ae_checkpoint, and give the model main.py wrote",
-                        setting="checkpoint_path")
+                        setting=setting)
     objective = hparams.get("objective")
     if objective == "ce" or ("fc.weight" in state and "fc_mu.weight" not in state):
         return "ce"
     if "fc_mu.weight" in state or objective is None or objective == "vmdls":
         return "vmdls"
     raise UserError(f"the checkpoint's objective {objective!r} is not one this project trains ({', '.join(KINDS)}); "
-                    "give a checkpoint written by main.py", setting="checkpoint_path")
+                    "give a checkpoint written by main.py", setting=setting)
 
 
 def build_classifier(checkpoint: dict, overrides: dict | None = None) -> CrossEntropyClassifier:

@@ -91,7 +91,7 @@ class VMDLS(ChannelsLast, pl.LightningModule):
         self._epoch_labels: list[torch.Tensor] = []
         self._latent_health: dict[str, float] = {}
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._resumed_epoch = 0
+        self._resumed_whole_network = False  # resumed from a checkpoint whose optimiser holds every weight
         self._statistics_ready = False  # mirrors finished_epochs > 0 without a device sync
         # The epoch's sums of the metric and KL terms times the batch size, and the images seen.
         self._loss_sums = torch.zeros(2)
@@ -299,8 +299,13 @@ class VMDLS(ChannelsLast, pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def in_head_only_phase(self) -> bool:
-        epoch = max(self.current_epoch, self._resumed_epoch)
-        return bool(self.hparams.finetune) and epoch < self.hparams.finetune_epochs
+        # A resumed run builds its optimiser while current_epoch is still 0 (before its loops are
+        # restored), then loads the checkpoint's optimiser state into it: a checkpoint whose
+        # optimiser holds the whole network is past the heads-only phase. One of that phase gets
+        # the heads' optimiser, and FinetuneSchedule rebuilds it at epoch finetune_epochs, as in
+        # an uninterrupted run.
+        return (bool(self.hparams.finetune) and not self._resumed_whole_network
+                and self.current_epoch < self.hparams.finetune_epochs)
 
     def configure_optimizers(self):
         if self.in_head_only_phase():
@@ -323,7 +328,18 @@ class VMDLS(ChannelsLast, pl.LightningModule):
                 state[name] = torch.zeros_like(value)
         if "margin_distance" in checkpoint:
             self.metric_loss.neg_margin = float(checkpoint["margin_distance"])
-        # Optimisers are built before the loops learn the resumed epoch: remember it, so the
-        # fine-tuning phase of a resumed run matches the optimiser state being restored.
-        self._resumed_epoch = int(checkpoint.get("epoch", -1)) + 1
+        self._resumed_whole_network = self._optimises_whole_network(checkpoint)
         self._gaussians = None
+
+    def _optimises_whole_network(self, checkpoint: dict) -> bool:
+        """Whether the checkpoint's optimiser is the whole network's, not the heads' alone (the
+        first phase of --finetune). Read off the parameters it holds, since the epoch can mislead:
+        the last.ckpt that main.py rewrites after a resumed run with nothing left to train names
+        the next epoch and holds the previous one's optimiser. Without a saved optimiser, whether
+        the epoch is past the heads-only phase."""
+        states = checkpoint.get("optimizer_states") or [{}]
+        groups = states[0].get("param_groups") if isinstance(states[0], dict) else None
+        if groups:
+            heads = len(list(self.fc_mu.parameters())) + len(list(self.fc_var.parameters()))
+            return sum(len(group["params"]) for group in groups) != heads
+        return int(checkpoint.get("epoch", 0)) >= self.hparams.finetune_epochs

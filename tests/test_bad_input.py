@@ -93,6 +93,21 @@ CASES = [
      ["--detector", "logits"]),
     ("evaluation folder is a file", test_cmd("--checkpoint_path", "{model}", "--output_dir", "{a_file}"), 2,
      ["--output_dir"]),
+    ("warm start from a missing file", main_cmd("--warm_start", "{root}/none.ckpt"), 2,
+     ["--warm_start", "does not exist"]),
+    ("warm start and resume at once", main_cmd("--warm_start", "{model}", "--checkpoint_path", "{model}"), 2,
+     ["--warm_start", "--checkpoint_path"]),
+    ("warm start from random bytes", main_cmd("--warm_start", "{random}"), 2, ["--warm_start"]),
+    ("warm start from an autoencoder", main_cmd("--warm_start", "{ae}"), 2, ["autoencoder", "--warm_start"]),
+    ("warm start from a pickled payload", main_cmd("--warm_start", "{payload}"), 2, ["--trust_checkpoint"]),
+    ("warm start with another latent size", main_cmd("--warm_start", "{model}", "--latent_dim", "16"), 2,
+     ["--latent_dim 16", "8"]),
+    ("warm start with --weights too", main_cmd("--warm_start", "{model}", "--weights", "{model}"), 2, ["--weights"]),
+    # last: were a warm start taken for a resume, these would write over the fixture's model
+    ("warm start into its model's folder", main_cmd("--warm_start", "{model}", "--output_dir", "{root}/model"), 2,
+     ["already holds", "--overwrite"]),
+    ("warm start overwriting its model", main_cmd("--warm_start", "{model}", "--output_dir", "{root}/model",
+                                                  "--overwrite"), 2, ["--overwrite would delete", "--warm_start"]),
 ]
 
 

@@ -1,17 +1,23 @@
-"""Training end to end on the embedded digits data: the loss falls, resuming is exact,
-the class statistics match numpy, fine-tuning freezes the backbone, weights load by name."""
+"""Training end to end on the embedded digits data: the loss falls, resuming is exact (also
+across the fine-tuning phases), the class statistics match numpy, fine-tuning freezes the
+backbone, weights load by name, a warm start begins a new run from a trained model."""
+import json
 import math
 import os
 
 import numpy as np
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
 
 import main as train_script
+from conftest import one_torch_thread
 from models.backbones import build_backbone
+from models.checkpoints import NETWORK_MODULES
 from models.vmdls import VMDLS
 from models.weights import load_backbone_weights
+from utils.errors import UserError
 
 TINY = [
     "--enc_type", "mnist-conv", "--enc_out_dim", "500", "--latent_dim", "8",
@@ -24,6 +30,13 @@ TINY = [
 
 def train(output_dir, *extra):
     return train_script.main(TINY + ["--output_dir", str(output_dir), *extra])
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared CPU the tiny network's time is then steady, and short."""
+    with one_torch_thread():
+        yield
 
 
 def load(path):
@@ -159,6 +172,156 @@ def test_finetune_trains_heads_first_then_everything(tmp_path):
     both = load(train(tmp_path / "b", "--max_epochs", "2", *args))["state_dict"]
     changed = [k for k, v in weights.items() if v.is_floating_point() and not torch.equal(both[f"encoder.{k}"], v)]
     assert changed, "the backbone should train after the head-only epochs"
+
+
+def optimiser_tensors(checkpoint):
+    """The saved optimiser's per-parameter state tensors (Adam's moments), by parameter index."""
+    state = checkpoint["optimizer_states"][0]["state"]
+    return {f"{index}.{name}": value for index, values in state.items() for name, value in values.items()
+            if isinstance(value, torch.Tensor)}
+
+
+def test_finetune_resumes_from_every_checkpoint(tmp_path, monkeypatch, one_thread):
+    """--finetune --finetune_epochs 2 trains the heads alone in epochs 0 and 1 and everything
+    from epoch 2. Resumed from the checkpoint of epoch 0 (inside the heads-only phase), of
+    epoch 1 (its last: the next epoch rebuilds the optimiser), of epoch 2 (after the
+    boundary), and from the last.ckpt that a resumed run with nothing left to train rewrites
+    (it names epoch 2 and holds the heads' optimiser), the run ends as the uninterrupted one."""
+    torch.save({"state_dict": build_backbone("mnist-conv").state_dict()}, tmp_path / "backbone.pt")
+    common = ("--finetune", "--weights", str(tmp_path / "backbone.pt"), "--finetune_epochs", "2",
+              "--finetune_lr", "0.01", "--generation_epoch", "1", "--limit_train_batches", "2",
+              "--limit_val_batches", "0", "--max_epochs", "4")
+    build_callbacks = train_script.build_callbacks
+
+    def keep_every_epoch(args, checkpoint_dir):  # the uninterrupted run keeps each epoch's checkpoint
+        callbacks, checkpoint = build_callbacks(args, checkpoint_dir)
+        checkpoint.save_top_k = -1
+        return callbacks, checkpoint
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_script, "build_callbacks", keep_every_epoch)
+        whole = load(train(tmp_path / "whole", *common))
+    every = {epoch: str(tmp_path / "whole" / "checkpoints" / f"epoch{epoch:03d}.ckpt") for epoch in range(3)}
+    heads, everything = 4, len(whole["optimizer_states"][0]["param_groups"][0]["params"])
+    assert [len(load(every[e])["optimizer_states"][0]["param_groups"][0]["params"]) for e in range(3)] == [
+        heads, heads, everything]
+    nothing_left = train(tmp_path / "nothing_left", *common[:-1], "2", "--checkpoint_path", every[1])
+    assert load(nothing_left)["epoch"] == 2
+    starts = {**every, "rewritten": nothing_left}
+    for name, start in starts.items():
+        resumed = load(train(tmp_path / f"from_{name}", *common, "--checkpoint_path", start))
+        assert (resumed["epoch"], resumed["global_step"]) == (whole["epoch"], whole["global_step"]), name
+        for key, value in whole["state_dict"].items():
+            torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-4, atol=1e-5, msg=f"{name}: {key}")
+        whole_moments, moments = optimiser_tensors(whole), optimiser_tensors(resumed)
+        assert moments.keys() == whole_moments.keys(), name
+        for key, value in whole_moments.items():
+            torch.testing.assert_close(moments[key], value, rtol=1e-4, atol=1e-5, msg=f"{name}: optimiser {key}")
+
+
+class FirstStepProbe(pl.Callback):
+    """What a fit holds right before its first training step (the model's state, M_d, the
+    optimiser, the loops), and the size of every training batch."""
+
+    def __init__(self):
+        self.first: dict | None = None
+        self.batch_sizes: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batch_sizes.append(len(batch[1]))
+        if self.first is None:
+            optimiser = trainer.optimizers[0]
+            self.first = {
+                "state": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
+                "margin": getattr(pl_module, "margin_distance", None), "epoch": trainer.current_epoch,
+                "step": trainer.global_step, "optimiser_state": len(optimiser.state),
+                "lr": optimiser.param_groups[0]["lr"],
+                "scheduler_epoch": trainer.lr_scheduler_configs[0].scheduler.last_epoch}
+
+
+def probe_training(monkeypatch) -> FirstStepProbe:
+    """The next main.py run's trainer gets a FirstStepProbe among its callbacks."""
+    probe, build_callbacks = FirstStepProbe(), train_script.build_callbacks
+
+    def with_probe(args, checkpoint_dir):
+        callbacks, checkpoint = build_callbacks(args, checkpoint_dir)
+        return [*callbacks, probe], checkpoint
+
+    monkeypatch.setattr(train_script, "build_callbacks", with_probe)
+    return probe
+
+
+def is_network(key: str) -> bool:
+    return key.split(".")[0] in NETWORK_MODULES
+
+
+ARCHITECTURE_FLAGS = ("--enc_type", "--enc_out_dim", "--latent_dim", "--class_num")
+
+
+def without_architecture(argv):
+    """TINY without the architecture flags and their values: a warm start takes the checkpoint's."""
+    dropped = {i + offset for i, arg in enumerate(argv) if arg in ARCHITECTURE_FLAGS for offset in (0, 1)}
+    return [arg for i, arg in enumerate(argv) if i not in dropped]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A model trained two epochs: its class statistics and M_d have moved from their start."""
+    root = tmp_path_factory.mktemp("trained")
+    with one_torch_thread():
+        return train(root, "--max_epochs", "2", "--limit_train_batches", "2", "--limit_val_batches", "0",
+                     "--generation_epoch", "1", "--margins_epoch", "0", "--margin_jump", "0.5")
+
+
+def test_warm_start_begins_a_new_run_from_the_checkpoints_weights(trained, tmp_path, monkeypatch, one_thread):
+    """--warm_start (the original's --checkpoint_path): the first step starts from the
+    checkpoint's backbone and heads, with the class statistics as at initialisation, M_d at
+    --margin_max_distance, a fresh optimiser and StepLR at the new --lr, from epoch 0, on
+    batches of the new B_c x B_s; the architecture not given is the checkpoint's, and
+    args.json names the checkpoint."""
+    source = load(trained)
+    assert int(source["state_dict"]["finished_epochs"]) == 2 and source["state_dict"]["class_means"].abs().sum() > 0
+    probe = probe_training(monkeypatch)
+    argv = without_architecture(TINY) + [
+        "--output_dir", str(tmp_path / "warm"), "--warm_start", os.path.relpath(trained), "--max_epochs", "1",
+        "--limit_train_batches", "2", "--limit_val_batches", "0", "--batch_classes", "2", "--sample_count", "4",
+        "--lr", "0.0005", "--margin_max_distance", "3", "--margins_epoch", "1", "--generation_epoch", "0"]
+    last = load(train_script.main(argv))
+
+    first = probe.first
+    fresh = make_model(class_num=4, latent_dim=8).state_dict()
+    assert first["state"].keys() == source["state_dict"].keys() == fresh.keys()
+    for key, value in first["state"].items():  # the network is the checkpoint's, the rest as initialised
+        expected = source["state_dict"][key] if is_network(key) else fresh[key]
+        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=key)
+    assert int(first["state"]["finished_epochs"]) == 0 and first["state"]["class_means"].abs().sum() == 0
+    assert first["margin"] == 3.0 and source["margin_distance"] == pytest.approx(0.15 + 2 * 0.5)
+    assert (first["epoch"], first["step"], first["optimiser_state"], first["scheduler_epoch"]) == (0, 0, 0, 0)
+    assert first["lr"] == pytest.approx(0.0005)
+    assert probe.batch_sizes == [2 * 4, 2 * 4]  # the source trained on batches of 4 x 8
+
+    assert (last["epoch"], last["global_step"], int(last["state_dict"]["finished_epochs"])) == (0, 2, 1)
+    assert last["margin_distance"] == 3.0
+    hparams = last["hyper_parameters"]
+    assert (hparams["enc_type"], hparams["enc_out_dim"], hparams["latent_dim"], hparams["class_num"]) == (
+        "mnist-conv", 500, 8, 4)
+    assert hparams["lr"] == pytest.approx(0.0005)
+    record = json.loads((tmp_path / "warm" / "args.json").read_text())
+    assert record["warm_start"] == os.path.abspath(trained) and "previous_runs" not in record
+
+
+def test_warm_start_of_the_cross_entropy_classifier(tmp_path, monkeypatch, one_thread):
+    """--objective ce warm-starts too: its backbone and head come from the checkpoint."""
+    ce = ("--objective", "ce", "--limit_train_batches", "1", "--limit_val_batches", "0", "--max_epochs", "1")
+    source = load(train(tmp_path / "source", *ce))
+    probe = probe_training(monkeypatch)
+    train(tmp_path / "warm", *ce, "--warm_start", str(tmp_path / "source" / "checkpoints" / "last.ckpt"))
+    assert probe.first["state"].keys() == source["state_dict"].keys()
+    for key, value in probe.first["state"].items():
+        torch.testing.assert_close(value, source["state_dict"][key], rtol=0, atol=0, msg=key)
+    assert (probe.first["epoch"], probe.first["optimiser_state"]) == (0, 0)
+    with pytest.raises(UserError, match="--objective ce, not vmdls; warm-start it with --objective ce"):
+        train(tmp_path / "as_vmdls", "--warm_start", str(tmp_path / "source" / "checkpoints" / "last.ckpt"))
 
 
 def test_initial_sampling_std_sets_the_starting_std():

@@ -258,7 +258,7 @@ class OutputFolder:
         self.release()
 
 
-def _inside(path: str, folder: str) -> bool:
+def is_inside(path: str, folder: str) -> bool:
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return os.path.commonpath([path, folder]) == folder
 
@@ -277,7 +277,7 @@ def claim_output_dir(path: str, layout: RunLayout, overwrite: bool = False,
     """
     for folder in (path, *(os.path.join(path, sub) for sub in layout.subfolders)):
         check_writable(folder)
-    resumed_here = bool(resume_from) and _inside(resume_from, path)
+    resumed_here = bool(resume_from) and is_inside(resume_from, path)
     claimed = OutputFolder(path, resumed_here=resumed_here)
     if is_worker_process():
         return claimed
@@ -348,6 +348,34 @@ def resume_settings(args: argparse.Namespace, given: set[str], checkpoint: dict)
                                 f"{args.checkpoint_path} was trained with, and a resumed run cannot change it; drop "
                                 f"--{name}, or start a new run without --checkpoint_path")
         elif current != value:
+            setattr(args, name, value)
+            taken.append(name)
+    return taken
+
+
+# ------------------------------------------------------------------------------ warm starts
+
+# The settings that shape a network's weights. The input height and channels follow the data.
+ARCHITECTURE = ("enc_type", "first_conv", "maxpool1", "enc_out_dim", "latent_dim", "class_num")
+
+
+def warm_start_settings(args: argparse.Namespace, given: set[str], checkpoint: dict) -> list[str]:
+    """main.py --warm_start: a new run on a trained model's weights keeps the architecture
+    they fit. The checkpoint's architecture settings fill the flags not given; a given one
+    that differs is a UserError naming it. Every other setting (batches, learning rate,
+    epochs, margins, data) is the command line's. Returns the names taken from the checkpoint."""
+    from models.checkpoints import checkpoint_hparams
+
+    recorded = checkpoint_hparams(checkpoint)
+    taken = []
+    for name in ARCHITECTURE:
+        if name not in recorded or not hasattr(args, name):  # the classifier records no latent_dim
+            continue
+        current, value = getattr(args, name), recorded[name]
+        if name in given and current != value:
+            raise UserError(f"--{name} {_shown(current)} differs from the {_shown(value)} that {args.warm_start} was "
+                            f"trained with, and its weights fit only that; drop --{name} to take the checkpoint's")
+        if current != value:
             setattr(args, name, value)
             taken.append(name)
     return taken
