@@ -163,7 +163,18 @@ def plot_latent_tsne(model: VMDLS | CrossEntropyClassifier, datamodule: KnownUnk
 def main(argv: list[str] | None = None) -> str:
     """Train; the output folder stays locked (utils.cli.claim_output_dir) until the run ends."""
     with ExitStack() as cleanup:
+        cleanup.callback(leave_process_group)
         return _train(argv, cleanup)
+
+
+def leave_process_group() -> None:
+    """End a DDP run's process group before the interpreter exits: Lightning keeps it, and
+    gloo's threads still running at exit can abort a finished run's process ("terminate
+    called without an active exception", exit status -6)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _train(argv: list[str] | None, cleanup: ExitStack) -> str:

@@ -9,8 +9,9 @@ machine. Two things follow:
   module *measures* by evaluating the same model in float64 (``test.py --precision 64-true``).
   Two float32 evaluations (this CPU's and the recording CPU's) differ by at most the sum of
   their errors. The recording CPU's error is not known here; across three kernel families of
-  one CPU (AVX-512, AVX2, baseline) the largest per-image relative score error ranged from
-  1.2e-5 to 2.7e-5, within a factor 2.2 of each other, so another CPU's is taken to be at most
+  one CPU (AVX-512, AVX2, baseline) the largest per-image score error of the v0 fixture ranged
+  from 0.009 to 0.022 (1.2e-5 to 2.7e-5 relative), within a factor 2.5 of each other
+  (benchmarks/kernel_spread.py, BENCHMARKS.md), so another CPU's is taken to be at most
   ``KERNEL_SPREAD`` = 3 times this one's, and the score tolerance is (1 + KERNEL_SPREAD) times
   the largest rounding error measured here (:func:`score_band`). A threshold is one of the
   scores (an order statistic, which moves by at most the largest move of any score), so it
