@@ -59,14 +59,37 @@ def test_report_has_a_row_per_method_and_a_column_per_set(tmp_path):
     assert os.path.isfile(files["png"]) and os.path.getsize(files["png"]) > 0
     text = open(files["md"]).read()
     assert text.startswith("# header")
-    table = [line for line in text.splitlines() if line.startswith("|")]
-    head = table[0]
-    for column in ("AUROC mnist", "AUROC noise", "AUROC mean", "FPR95 mnist", "FPR95 noise", "closed-set acc."):
+    summary, detail = _tables(text)[:2]
+    head = summary[0]
+    for column in ("AUROC mnist", "AUROC noise", "AUROC mean", "FPR95 mnist", "FPR95 noise", "FPR95 mean",
+                   "closed-set acc.", "train s", "eval s"):
         assert column in head
-    body = [line.split("|")[1].strip() for line in table[2:]]
+    assert "F1@95TPR" not in head  # not an open-set setting
+    body = [line.split("|")[1].strip() for line in summary[2:]]
     assert body == ["vmdls", "msp"]
-    vmdls = table[2].split("|")
+    vmdls = summary[2].split("|")
     assert vmdls[2].strip() == "90.50 ± 0.71" and vmdls[4].strip() == "90.50 ± 0.71"  # mnist, mean
+    # Per method and unknown set: every metric, and a mean line per method.
+    columns = [c.strip() for c in detail[0].split("|")[1:-1]]
+    assert columns == ["method", "unknown", "AUROC", "FPR95", "AUPR-In", "AUPR-Out", "macro-F1@95TPR",
+                       "closed-set acc.", "train s", "eval s"]
+    cells = {(c[0], c[1]): c for c in ([x.strip() for x in line.split("|")[1:-1]] for line in detail[2:])}
+    assert list(cells) == [("vmdls", "mnist"), ("vmdls", "noise"), ("vmdls", "mean"), ("msp", "mnist"),
+                           ("msp", "noise"), ("msp", "mean")]
+    assert cells[("vmdls", "mean")][2:6] == ["90.50 ± 0.71", "10.00 ± 0.00", "50.00 ± 0.00", "40.00 ± 0.00"]
+    assert cells[("vmdls", "mnist")][8:] == ["15", "2"]
+
+
+def _tables(text):
+    """The Markdown tables of a results.md, each as its lines."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
 
 
 def test_report_with_several_settings(tmp_path):
@@ -272,3 +295,164 @@ def test_colour_known_set_with_subsets_is_one_sentence(tmp_path):
     with pytest.raises(UserError, match="--unknown_images write grey IDX subsets"):
         bench.materialise(plan, args.data_dir, lambda message: None)
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------------------
+# The standard profile (issue 17): plan, near-OOD setting, progress, end to end on tiny data
+# --------------------------------------------------------------------------------------
+def _flags(command):
+    """{flag: value or list of values} of one command line (a flag alone maps to [])."""
+    import shlex
+
+    out, key = {}, None
+    for token in shlex.split(command)[2:]:
+        if token.startswith("--"):
+            key = token
+            out[key] = []
+        else:
+            out[key].append(token)
+    return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
+
+
+def test_standard_dry_run_lists_the_commands(capsys, tmp_path):
+    out_dir = tmp_path / "std"
+    text = _dry(capsys, "--profile", "standard", "--seeds", "2", "--output_dir", str(out_dir), "--data_dir", "/data",
+                "--accelerator", "cpu")
+    assert not out_dir.exists()
+    commands = [line for line in text.splitlines() if line.startswith("python ")]
+    assert len(commands) == 12  # far setting alone by default: 6 steps a seed
+    assert "fashion_mnist_near" not in text and "data/known" not in text  # the known set read as it is
+    for seed in (0, 1):
+        lines = [c for c in commands if f"--seed {seed} " in c]
+        mine = [_flags(c) for c in lines]
+        vmdls = [f for f in mine if f.get("--objective") == "vmdls"]
+        ce = [f for f in mine if f.get("--objective") == "ce"]
+        ae = [c for c in lines if c.startswith("python mnist_ae.py")]
+        tests = [f for c, f in zip(lines, mine) if c.startswith("python test.py")]
+        assert len(vmdls) == len(ce) == len(ae) == 1 and len(tests) == 3
+        vmdls, ce, ae = vmdls[0], ce[0], _flags(ae[0])
+        for flags in mine:
+            assert flags["--known_dataset"] == "fashion_mnist" and flags["--class_num"] == "10"
+        expected = {"--enc_type": "mnist-conv", "--latent_dim": "32", "--enc_out_dim": "500", "--kl_coeff": "0.1",
+                    "--generation_epoch": "1", "--lr": "0.001", "--opt": "adam", "--batch_classes": "10",
+                    "--sample_count": "16", "--max_epochs": "3", "--limit_train_batches": "375",
+                    "--margins_epoch": "1", "--margin_jump": "1.0", "--margin_max_distance": "32",
+                    "--lower_bound": "0.05", "--data_transforms": "mnist"}
+        assert {k: vmdls[k] for k in expected} == expected
+        # The cross-entropy model: the same flags but the objective and its folder.
+        assert {k: v for k, v in ce.items() if k not in ("--objective", "--output_dir")} == \
+            {k: v for k, v in vmdls.items() if k not in ("--objective", "--output_dir")}
+        assert ae["--max_epochs"] == "3" and ae["--limit_train_batches"] == "375"
+        assert ae["--known_dataset"] == "fashion_mnist"
+        for flags in tests:
+            sets = flags["--unknown_dataset"]
+            assert [os.path.basename(s) for s in sets] == ["mnist-2000", "mnist_noise-2000", "noise-2000", "digits"]
+            assert sets[3] == f"idx:{out_dir}/data/sets/digits"  # 1,797 digits: scored whole
+            assert flags["--data_transforms"] == "blob"
+        detectors = sorted(tuple(f["--detector"]) if isinstance(f["--detector"], list) else (f["--detector"],)
+                           for f in tests)
+        assert detectors == sorted([("vmdls", "vmdls_latent"), ("vmdls",), bench.CE_DETECTORS])
+        assert sum("--compare_untrained" in f for f in tests) == 1
+        assert sum("--ae_features" in f and f["--ae_checkpoint"].startswith(ae["--output_dir"]) for f in tests) == 1
+    for name in ("mnist", "mnist_noise", "noise"):
+        assert f"# write the first 2000 images of {name} to idx:{out_dir}/data/unknown/{name}-2000" in text
+    assert f"# write all 1,797 scikit-learn digits to idx:{out_dir}/data/sets/digits" in text
+    assert "# deviations from the paper's MNIST command:" in text
+    for phrase in ("--generation_epoch 1 (paper: 0)", "--lr 0.001 (paper: 0.0001)", "--max_epochs 3 with "
+                   "--limit_train_batches 375 (paper: 500 epochs", "first 2000 test images"):
+        assert phrase in text
+
+
+def test_standard_deviations_name_every_flag_that_differs_from_the_paper():
+    """The standard profile's main.py flags against the paper's MNIST training line: every
+    flag that differs (or is added) is named in the deviations list."""
+    paper = bench.read_original_training_lines()["cnn_mnist"]
+    paper = _flags("python main.py " + " ".join(paper))
+    args = bench.parse(["--profile", "standard", "--settings", "far", "near", "--dry_run"])
+    settings = bench.PROFILES["standard"](args)
+    deviations = " ".join(bench.standard_deviations(args, settings))
+    ignored = {"--gpus", "--data_dir", "--known_dataset", "--unknown_dataset", "--class_num"}  # per run / setting
+    for setting in settings:
+        ours = _flags("python main.py " + " ".join(setting.train_flags))
+        differ = {k for k in set(ours) | set(paper) if ours.get(k) != paper.get(k)} - ignored
+        if setting.name == "fashion_mnist":
+            assert differ == {"--generation_epoch", "--lr", "--max_epochs", "--limit_train_batches",
+                              "--limit_val_batches"}
+        for flag in differ:
+            assert flag in deviations, flag
+    assert "classes 0-5 known" in deviations and "Fashion-MNIST" in deviations
+
+
+def test_standard_near_setting_plan(capsys, tmp_path):
+    text = _dry(capsys, "--profile", "standard", "--settings", "near", "--output_dir", str(tmp_path / "n"),
+                "--data_dir", "/data", "--unknown", "noise")
+    commands = [_flags(line) for line in text.splitlines() if line.startswith("python ")]
+    assert len(commands) == 6
+    for flags in commands:
+        assert flags["--known_dataset"] == "fashion_mnist_known" and flags["--class_num"] == "6"
+    tests = [f for f in commands if "--detector" in f]
+    assert len(tests) == 3 and all(f["--unknown_dataset"] == "fashion_mnist_unknown" for f in tests)  # whole
+    assert all(f["--batch_classes"] == "6" and f["--sample_count"] == "16" for f in commands if "--objective" in f)
+    assert "/fashion_mnist_near/eval_ce" in text and "# write" not in text and "classes 0-5 known" in text
+    both = _dry(capsys, "--profile", "standard", "--settings", "far", "near", "--output_dir", str(tmp_path / "b"))
+    assert sum(line.startswith("python ") for line in both.splitlines()) == 12
+    with pytest.raises(SystemExit, match="far, near"):
+        bench.main(["--dry_run", "--profile", "standard", "--settings", "cnn_mnist"])
+
+
+def test_progress_estimate():
+    step = lambda setting, label: bench.Step("train", "main.py", [], "", label, 0, setting)  # noqa: E731
+    steps = [step("far", "train VMDLS"), step("near", "train VMDLS"), step("far", "evaluate")]
+    assert bench.estimate_left(steps, {}) is None
+    timed = {("far", "train VMDLS"): [100.0, 200.0], ("far", "train cross-entropy"): [30.0]}
+    # far/train: its own mean 150; near/train: the kind's mean 150; evaluate: every step's mean 110.
+    assert bench.estimate_left(steps, timed) == pytest.approx(150 + 150 + 110)
+    line = bench.progress_line(2, 6, 65, 410, 3, "seed 0 · far · train VMDLS")
+    assert line == ("[step 2/6] elapsed 0:01:05, estimate: ~7 min left (from 3 steps timed) · seed 0 · far · "
+                    "train VMDLS")
+    assert "estimate: none yet" in bench.progress_line(1, 6, 0, None, 0, "x")
+
+
+def test_standard_end_to_end_on_tiny_data(tmp_path, capsys):
+    """Both settings of the standard profile on a fake Fashion-MNIST / MNIST, at a budget of
+    one batch: the embedded digits, the unknown subsets, the near split, the progress lines
+    and the report (no number is checked)."""
+    data_dir = _fashion_mnist_root(tmp_path / "data")
+    out_dir = tmp_path / "out"
+    argv = ["--profile", "standard", "--settings", "far", "near", "--data_dir", data_dir, "--output_dir",
+            str(out_dir), "--accelerator", "cpu", "--unknown_images", "6", "--max_epochs", "1",
+            "--limit_train_batches", "1", "--ae_epochs", "1"]
+    with one_torch_thread():
+        rows = bench.main(argv)
+    text = capsys.readouterr().out
+    far = [r for r in rows if r["setting"] == "fashion_mnist"]
+    near = [r for r in rows if r["setting"] == "fashion_mnist_near"]
+    assert [(r["method"], r["unknown"]) for r in far] == [(m, u) for m in bench.METHODS
+                                                          for u in ("mnist", "mnist_noise", "noise", "digits")]
+    assert [(r["method"], r["unknown"]) for r in near] == [(m, "fashion_mnist_unknown") for m in bench.METHODS]
+    assert all(0.0 <= r["auroc"] <= 1.0 and set(bench.REQUIRED_KEYS) <= set(r) for r in rows)
+    assert _idx_count(out_dir / "data" / "unknown" / "digits-6", "test") == 6
+    assert _idx_count(out_dir / "data" / "sets" / "digits", "test") == bench.DIGITS_IMAGES
+    assert not (out_dir / "data" / "known").exists()
+    # Progress: a line before each of the 12 steps, with the elapsed time and an estimate.
+    progress = [line for line in text.splitlines() if line.startswith("[step ")]
+    assert [line.split("]")[0] for line in progress] == [f"[step {k}/12" for k in range(1, 13)]
+    assert "estimate: none yet" in progress[0] and "elapsed 0:" in progress[0]
+    assert all("left (from " in line for line in progress[1:])
+    # The report: deviations, the near setting's macro-F1 beside AUROC, the time per step.
+    report = (out_dir / "results.md").read_text()
+    assert "Deviations from the paper's MNIST command:" in report and "--generation_epoch 1" in report
+    summary = _tables(report)
+    far_head, near_head = summary[0][0], summary[1][0]
+    assert "AUROC digits" in far_head and "F1@95TPR" not in far_head
+    assert "AUROC fashion_mnist_unknown" in near_head and "F1@95TPR fashion_mnist_unknown" in near_head
+    assert "## Per method and unknown set" in report and "## Time per step" in report
+    timing = summary[-1]
+    assert len(timing) == 4 and "| 0 | fashion_mnist |" in timing[2] and "| 0 | fashion_mnist_near |" in timing[3]
+    # One setting of the same budget into the same folder: nothing runs again.
+    far_only = bench.main([a for a in argv if a != "near"])
+    text = capsys.readouterr().out
+    assert far_only == far
+    assert [line for line in text.splitlines() if line.startswith("[step ")] == \
+        [line for line in text.splitlines() if line.startswith("[step ") and line.endswith("done before, kept")]
+    assert len([line for line in text.splitlines() if line.startswith("[step ")]) == 6
