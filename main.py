@@ -171,6 +171,10 @@ def leave_process_group() -> None:
     """End a DDP run's process group before the interpreter exits: Lightning keeps it, and
     gloo's threads still running at exit can abort a finished run's process ("terminate
     called without an active exception", exit status -6)."""
+    import sys
+
+    if "torch" not in sys.modules:  # --help, or an error before any work: no process group, and no torch import
+        return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
