@@ -138,6 +138,11 @@ def load_vmdls(checkpoint: dict, overrides: dict | None = None) -> tuple[VMDLS, 
     return model, missing
 
 
+def _first_detail(error: RuntimeError) -> str:
+    """The first line of load_state_dict's error that names a tensor (the line under its header)."""
+    return next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+
+
 # The trained network of a checkpoint: the backbone and the heads (VMDLS's fc_mu and fc_var, the
 # classifier's fc). The rest (class statistics, their running sums) describes the run that wrote
 # it: a warm start (main.py --warm_start) begins without it, as the original zeroed its class means.
@@ -166,7 +171,7 @@ def load_network_weights(model: VMDLS | CrossEntropyClassifier, checkpoint: dict
     try:
         model.load_state_dict(weights, strict=False)
     except RuntimeError as error:  # a shape the size checks above do not read
-        first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+        first = _first_detail(error)
         raise UserError(f"the checkpoint's weights do not fit a {enc_type} model with these sizes ({first}); "
                         "give the enc_type, enc_out_dim and latent_dim it was trained with", setting="enc_type")
     return len(weights)
@@ -235,7 +240,7 @@ def load_classifier(checkpoint: dict, overrides: dict | None = None) -> CrossEnt
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as error:
-        first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+        first = _first_detail(error)
         raise UserError(f"the checkpoint's weights do not fit a {hparams.get('enc_type')} classifier with these "
                         f"sizes ({first}); give the enc_type, enc_out_dim and class_num it was trained with",
                         setting="enc_type")
