@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(the paper's score; the default for a VMDLS checkpoint), vmdls_latent, and through "
                             "pytorch-ood msp (the default for a cross-entropy checkpoint), energy, maxlogit, odin, "
                             "mahalanobis, knn, vim")
+    group.add_argument("--classifier", choices=("gaussians", "h_linear"), default="gaussians",
+                       help="the closed-set prediction: gaussians (the paper's: each detector's own rule, the class "
+                            "Gaussians for vmdls) or h_linear (a logistic regression on the backbone feature h, fitted "
+                            "on the known training set; opt-in, not the paper's; the scores do not change)")
     group.add_argument("--compare_untrained", action="store_true",
                        help="also evaluate the same architecture at its initialisation (the checkpoint run's "
                             "seed) with the same detector, as a reference")
@@ -337,7 +341,7 @@ def _main(argv: list[str] | None, cleanup: ExitStack) -> dict:
     def evaluator_for(network, keep_features: bool) -> Evaluator:
         return Evaluator(network, kind, detectors, autoencoder, preprocess=datamodule.preprocess, device=device,
                          score_stats=args.score_stats, keep_features=keep_features, progress=progress,
-                         precision=args.precision)
+                         precision=args.precision, classifier=args.classifier)
 
     trained = evaluator_for(model, keep_features=args.log_tsne)
     pairs = evaluate_sets(trained, datamodule, unknown_names)
@@ -366,7 +370,7 @@ def _main(argv: list[str] | None, cleanup: ExitStack) -> dict:
             "known_dataset": args.known_dataset, "unknown_dataset": name,
             "enc_type": args.enc_type, "checkpoint": os.path.abspath(args.checkpoint_path), "checkpoint_kind": kind,
             "ae_features": bool(args.ae_features and kind == "vmdls"), "ae_checkpoint": args.ae_checkpoint,
-            "score_stats": args.score_stats, "jitter": trained.jitter,
+            "score_stats": args.score_stats, "jitter": trained.jitter, "classifier": args.classifier,
         }
         if len(detectors) > 1:
             results["detectors"] = by_detector

@@ -23,6 +23,7 @@ from utils.errors import UserError
 
 PAPER_DETECTOR = "vmdls"
 DETECTOR_NAMES = (PAPER_DETECTOR, *BASELINES)
+CLASSIFIERS = ("gaussians", "h_linear")  # test.py --classifier: whose argmax is the closed-set class
 
 
 def default_detectors(kind: str) -> list[str]:
@@ -58,15 +59,22 @@ class Evaluator:
     (:class:`UserError`) before any pass. Predictions (closed-set accuracy) come from a
     detector's own classifier where it has one (vmdls, vmdls_latent, mahalanobis) and
     otherwise from the checkpoint's: the logits of a cross-entropy model, the paper's
-    class Gaussians of a VMDLS model.
+    class Gaussians of a VMDLS model. ``classifier="h_linear"`` replaces every detector's
+    predictions by a linear probe on h fitted on the known training set (models/probe.py);
+    the scores do not change.
     """
 
     def __init__(self, model, kind: str, detectors: Iterable[str], autoencoder=None,
                  preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  device: torch.device | str = "cpu", score_stats: str = "test", keep_features: bool = False,
                  progress: Callable[[Iterable, str], Iterable] = lambda loader, description: loader,
-                 precision: str | None = None):
+                 precision: str | None = None, classifier: str = "gaussians"):
+        if classifier not in CLASSIFIERS:
+            raise UserError(f"unknown classifier {classifier!r}: choose {' or '.join(CLASSIFIERS)}",
+                            setting="classifier")
         self.model, self.kind = model.eval(), kind
+        self.classifier = classifier
+        self.probe = None
         self.detectors = list(dict.fromkeys(detectors))
         self.preprocess = preprocess or (lambda x: x)
         double = evaluation_dtype(precision)
@@ -99,11 +107,12 @@ class Evaluator:
         self.baselines: dict[str, Baseline] = {
             name: make_baseline(name, kind, head=head) for name in self.detectors if name != PAPER_DETECTOR}
         self._known_scores: dict[str, Scored] = {}
+        self._probed: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------------ passes
     @property
     def needs_outputs(self) -> bool:
-        return any(b.needs != "inputs" for b in self.baselines.values())
+        return self.classifier == "h_linear" or any(b.needs != "inputs" for b in self.baselines.values())
 
     @torch.no_grad()
     def _classifier_pass(self, loader: Iterable) -> Outputs:
@@ -137,6 +146,10 @@ class Evaluator:
         for baseline in self.baselines.values():
             if baseline.needs != "inputs":
                 baseline.fit(outputs)
+        if self.classifier == "h_linear":
+            from models.probe import LinearProbe
+
+            self.probe = LinearProbe().fit(outputs.features, outputs.labels)
         return self
 
     def pass_over(self, loader, description: str = "scoring") -> SetPass:
@@ -167,6 +180,16 @@ class Evaluator:
 
     def score_pair(self, known: SetPass, unknown: SetPass, known_key: str = "known") -> dict[str, Scored]:
         """Every detector's scores of the known test set followed by one unknown set."""
+        scored = self._score_pair(known, unknown, known_key)
+        if self.probe is not None:  # --classifier h_linear: the probe's class, whatever scored the image
+            if known_key not in self._probed:
+                self._probed[known_key] = self.probe.predict(known.outputs.features)
+            predictions = torch.cat([self._probed[known_key], self.probe.predict(unknown.outputs.features)])
+            for verdict in scored.values():
+                verdict.predictions = predictions
+        return scored
+
+    def _score_pair(self, known: SetPass, unknown: SetPass, known_key: str) -> dict[str, Scored]:
         scored = {}
         for name in self.detectors:
             if name == PAPER_DETECTOR:

@@ -175,3 +175,42 @@ def test_every_detector_evaluates_in_float64_as_in_float32(checkpoints, tmp_path
         single, double = results["32-true"].loc[detector], results["64-true"].loc[detector]
         assert double["auroc"] == pytest.approx(single["auroc"], abs=2e-3), detector
         assert double["closed_set_accuracy"] == pytest.approx(single["closed_set_accuracy"], abs=2e-2), detector
+
+
+def test_the_linear_probe_changes_the_predictions_not_the_scores(checkpoints, tmp_path):
+    """--classifier h_linear: every detector's class is a logistic regression on h fitted on
+    the known training set (fitted here independently with scikit-learn on h computed
+    directly); the scores are the paper rule's, bit for bit."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from models.checkpoints import load_vmdls
+
+    detectors = ["--detector", "vmdls", "vmdls_latent", "--unknown_dataset", "digits_unknown"]
+    paper = run_test(checkpoints["vmdls"], tmp_path / "paper", *detectors)
+    probed = run_test(checkpoints["vmdls"], tmp_path / "probe", *detectors, "--classifier", "h_linear")
+    assert probed["classifier"] == "h_linear" and paper["classifier"] == "gaussians"
+
+    model, _ = load_vmdls(read_checkpoint(checkpoints["vmdls"]), {"in_channels": 1})
+    data = KnownUnknownDataModule(known_dataset="digits", unknown_dataset="digits_unknown", class_num=CLASSES,
+                                  data_transforms="blob", num_workers=0, batch_size=64)
+    data.setup()
+
+    def h_and_labels(loader):
+        with torch.no_grad():
+            parts = [(model.eval().embed(data.preprocess(x))["h"], y) for x, y in loader]
+        return torch.cat([p[0] for p in parts]).double().numpy(), torch.cat([p[1] for p in parts]).numpy()
+
+    train_h, train_y = h_and_labels(data.fit_dataloader())
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=0)).fit(train_h, train_y)
+    test_h = np.concatenate([h_and_labels(data.known_test_dataloader())[0],
+                             h_and_labels(data.unknown_test_dataloader("digits_unknown"))[0]])
+    expected = probe.predict(test_h)
+    for csv in ("scores.csv", "scores_vmdls_latent.csv"):
+        before, after = pd.read_csv(tmp_path / "paper" / csv), pd.read_csv(tmp_path / "probe" / csv)
+        np.testing.assert_array_equal(after["score"], before["score"])
+        np.testing.assert_array_equal(after["prediction"], expected)
+        known = after["label"] < CLASSES
+        assert np.mean(expected[known] == after["label"][known]) == pytest.approx(
+            probed["detectors"]["vmdls" if csv == "scores.csv" else "vmdls_latent"]["closed_set_accuracy"])
