@@ -75,6 +75,21 @@ def build_datamodule(args: argparse.Namespace) -> KnownUnknownDataModule:
     return datamodule
 
 
+def require_checkpoint_file(flag: str, path: str) -> None:
+    """A UserError unless ``path`` (given as --``flag``) is a file: one that does not exist, or a
+    folder (offering the checkpoint of main.py's layout in it, when there is one)."""
+    if os.path.isfile(path):
+        return
+    if os.path.isdir(path):
+        inside = [os.path.join(path, *parts) for parts in (("checkpoints", "last.ckpt"), ("last.ckpt",))]
+        found = next((candidate for candidate in inside if os.path.isfile(candidate)), None)
+        offer = f"give the checkpoint file in it, {found}" if found else ("give a checkpoint file written by main.py "
+                                                                          "(OUTPUT_DIR/checkpoints/last.ckpt)")
+        raise UserError(f"--{flag} {path!r} is a directory, not a checkpoint file; {offer}")
+    raise UserError(f"--{flag} {path!r} does not exist; give a checkpoint written by main.py (for example "
+                    "OUTPUT_DIR/checkpoints/last.ckpt)")
+
+
 def read_warm_start(args: argparse.Namespace, given: set[str]) -> dict:
     """--warm_start: the trained checkpoint a new run starts from, read without running code
     from it (unless --trust_checkpoint). Its architecture fills the architecture flags not
@@ -87,9 +102,7 @@ def read_warm_start(args: argparse.Namespace, given: set[str]) -> dict:
     if args.weights:
         raise UserError("--warm_start and --weights both give the weights to start from; drop --weights (the "
                         "checkpoint holds the backbone)")
-    if not os.path.isfile(path):
-        raise UserError(f"--warm_start {path!r} does not exist; give a checkpoint written by main.py (for example "
-                        "OUTPUT_DIR/checkpoints/last.ckpt)")
+    require_checkpoint_file("warm_start", path)
     checkpoint = read_checkpoint(path, trust=args.trust_checkpoint, setting="warm_start")
     kind = checkpoint_kind(checkpoint, setting="warm_start")
     if kind != args.objective:
@@ -118,7 +131,8 @@ def warm_start(model: VMDLS | CrossEntropyClassifier, checkpoint: dict, args: ar
 def build_callbacks(args: argparse.Namespace, checkpoint_dir: str) -> tuple[list[pl.Callback], ModelCheckpoint]:
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
-    from models.callbacks import DivergenceGuard, EpochSeed, FinetuneSchedule, MarginSchedule
+    from models.callbacks import DivergenceGuard, EpochSeed, FinetuneSchedule, MarginSchedule, RecordTrainerSettings
+    from models.checkpoints import trainer_settings
 
     # No version counter: the folder holds this run only (main.py refuses another run's folder), so last.ckpt
     # is always this run's model rather than a last-v1.ckpt beside an older one.
@@ -127,6 +141,7 @@ def build_callbacks(args: argparse.Namespace, checkpoint_dir: str) -> tuple[list
     callbacks: list[pl.Callback] = [
         DivergenceGuard(),  # a NaN or infinite loss stops the run before any checkpoint of it
         EpochSeed(args.seed),
+        RecordTrainerSettings(trainer_settings(args)),  # a resume restores them, or refuses other ones
         LearningRateMonitor(logging_interval="epoch"),
         checkpoint,
     ]
@@ -194,7 +209,7 @@ def _train(argv: list[str] | None, cleanup: ExitStack) -> str:
     from models.speed import prepare_for_speed
     from models.vmdls import VMDLS
     from models.weights import load_backbone_weights
-    from utils.cli import TRAINING_RUN, claim_output_dir, is_inside, resume_settings, trainer_kwargs
+    from utils.cli import TRAINING_RUN, claim_output_dir, is_inside, logger_trees, resume_settings, trainer_kwargs
     from utils.flags import explicit_flags
     from utils.loggers import build_loggers, write_run_record
 
@@ -206,13 +221,12 @@ def _train(argv: list[str] | None, cleanup: ExitStack) -> str:
     if args.warm_start and args.checkpoint_path:
         raise UserError("--warm_start starts a new run from a model's weights and --checkpoint_path resumes a run; "
                         "give only one of them")
-    if args.checkpoint_path and not os.path.isfile(args.checkpoint_path):
-        raise UserError(f"--checkpoint_path {args.checkpoint_path!r} does not exist; give a checkpoint "
-                        "written by main.py (for example OUTPUT_DIR/checkpoints/last.ckpt)")
     if args.checkpoint_path:
-        from models.checkpoints import checkpoint_kind, read_checkpoint
+        require_checkpoint_file("checkpoint_path", args.checkpoint_path)
+        from models.checkpoints import check_optimizer_states, checkpoint_kind, read_checkpoint
 
-        resumed = read_checkpoint(args.checkpoint_path, trust=args.trust_checkpoint)
+        resumed = read_checkpoint(args.checkpoint_path, trust=args.trust_checkpoint)  # refuses NaN weights too
+        check_optimizer_states(resumed, args.checkpoint_path)
         kind = checkpoint_kind(resumed)
         if kind != args.objective:
             raise UserError(f"--checkpoint_path {args.checkpoint_path!r} holds a model of --objective {kind}, "
@@ -225,8 +239,9 @@ def _train(argv: list[str] | None, cleanup: ExitStack) -> str:
         raise UserError(f"--overwrite would delete {args.warm_start}, the checkpoint --warm_start starts from; "
                         "copy it elsewhere or pick another --output_dir")
     # Created, checked for writing and locked before any work; a folder holding another run is refused
-    # (a warm start is a new run).
-    folder = cleanup.enter_context(claim_output_dir(output_dir, TRAINING_RUN, args.overwrite, args.checkpoint_path))
+    # (a warm start is a new run), and what this run writes is recorded there for --overwrite.
+    folder = cleanup.enter_context(claim_output_dir(output_dir, TRAINING_RUN, args.overwrite, args.checkpoint_path,
+                                                    trees=logger_trees(args.logger)))
     pl.seed_everything(args.seed, workers=True, verbose=False)
     trainer_args = trainer_kwargs(args)
     datamodule = build_datamodule(args)

@@ -7,15 +7,16 @@ Fits the detectors on the known training set (for the paper's: per-class Gaussia
 the feature ensemble), scores the known test set and each unknown set, and writes under
 --output_dir: results.json, scores.csv, thresholds.csv, roc.png, f1_threshold.png,
 score_histogram.png (and tsne.png with --log_tsne), plus summary.csv and summary.md.
-With several unknown sets each set's files go to OUTPUT_DIR/<set>/ and roc.png holds a
-curve per set. Accepts every flag of the original README's test commands
+With several unknown sets each set's files go to OUTPUT_DIR/<set>/ (the set's name, or for a
+path its readable part and a short hash: utils.cli.folder_name) and roc.png holds a curve
+per set. OUTPUT_DIR/.vmdls-run.json records the files the run wrote (--overwrite removes
+those and nothing else). Accepts every flag of the original README's test commands
 (benchmarks/readme_original_commands.txt).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
 from contextlib import ExitStack
 
@@ -127,11 +128,45 @@ def load_reconstruction_autoencoder(args):
 
 def set_folder(output_dir: str, name: str, several: bool) -> str:
     """Where one unknown set's files go: the output folder itself for a single set (as
-    before), a sub-folder named after the set when there are several."""
-    if not several:
-        return output_dir
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace(os.sep, "_")).strip("._") or "unknown"
-    return os.path.join(output_dir, slug)
+    before), a sub-folder named after the set when there are several: the name itself when
+    it is a plain short name (digits_unknown), else its readable part and a short hash of
+    the whole name (utils.cli.folder_name), so that no two sets share a folder and no name
+    is too long for one."""
+    from utils.cli import folder_name
+
+    return os.path.join(output_dir, folder_name(name)) if several else output_dir
+
+
+# What test.py writes for one unknown set (in its folder, set_folder), besides scores_<detector>.csv.
+SET_FILES = ("results.json", "scores.csv", "thresholds.csv", "roc.png", "f1_threshold.png", "score_histogram.png",
+             "tsne.png")
+
+
+def declared_outputs(output_dir: str, unknown_names: list[str], detectors: list[str],
+                     log_tsne: bool = False) -> tuple[list[str], list[str]]:
+    """The files this evaluation would write besides utils.cli.EVALUATION's, and its set
+    folders, relative to ``output_dir`` (claim_output_dir checks them before any work)."""
+    several = len(unknown_names) > 1
+    folders = [os.path.relpath(set_folder(output_dir, name, several), output_dir).replace(os.sep, "/")
+               for name in unknown_names] if several else []
+    if len(set(folders)) < len(folders):  # only were two names' hashes equal
+        twins = [name for name in unknown_names if folders.count(folders[unknown_names.index(name)]) > 1]
+        raise UserError(f"the unknown sets {twins[0]!r} and {twins[1]!r} would write into one folder; score them in "
+                        "two runs")
+    names = (*(name for name in SET_FILES if log_tsne or name != "tsne.png"),
+             *(f"scores_{detector}.csv" for detector in detectors[1:]))
+    files = [f"{folder}/{name}" for folder in folders for name in names] if several else list(names)
+    return files, folders
+
+
+def default_output_dir(known: str, unknown_names: list[str]) -> str:
+    """outputs/test/<known>-vs-<sets>-<time>, the names made fit for a folder name."""
+    from utils.cli import folder_name
+
+    name = f"{folder_name(known)}-vs-{'+'.join(folder_name(n) for n in unknown_names)}"
+    if len(name) > 120:
+        name = folder_name(name)
+    return os.path.join("outputs", "test", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def write_outputs(args, output_dir: str, scored, features, metrics: dict, class_num: int) -> dict[str, str]:
@@ -310,7 +345,7 @@ def _main(argv: list[str] | None, cleanup: ExitStack) -> dict:
     from models.checkpoints import checkpoint_hparams, checkpoint_kind, checkpoint_seed, read_checkpoint
     from models.evaluation import Evaluator
     from utils import metrics as M
-    from utils.cli import EVALUATION, claim_output_dir
+    from utils.cli import EVALUATION, claim_output_dir, logger_trees
     from utils.flags import split_names
     from utils.loggers import atomic_path, build_loggers, log_files, write_json
     from utils.plots import plot_roc_sets
@@ -321,16 +356,28 @@ def _main(argv: list[str] | None, cleanup: ExitStack) -> dict:
     detectors = parse_detectors(args, kind)
     unknown_names = split_names(args.unknown_dataset)
     several = len(unknown_names) > 1
-    output_dir = args.output_dir or os.path.join(
-        "outputs", "test", f"{args.known_dataset}-vs-{'+'.join(unknown_names)}-{time.strftime('%Y%m%d-%H%M%S')}")
-    # Created, checked for writing and locked before any work. A previous evaluation there is refused, or with
-    # --overwrite removed, its results.json first: results.json is written last, so it marks a complete run.
-    cleanup.enter_context(claim_output_dir(output_dir, EVALUATION, args.overwrite))
+    output_dir = args.output_dir or default_output_dir(args.known_dataset, unknown_names)
+    # Created, checked for writing and locked before any work, with each set's folder. A previous evaluation there
+    # is refused, or with --overwrite the files it recorded are removed, its results.json first: results.json is
+    # written last, so it marks a complete run. Files in the way that no evaluation recorded are refused.
+    declared_files, set_folders = declared_outputs(output_dir, unknown_names, detectors, args.log_tsne)
+    cleanup.enter_context(claim_output_dir(output_dir, EVALUATION, args.overwrite, files=declared_files,
+                                           trees=logger_trees(args.logger), folders=set_folders))
     pl.seed_everything(args.seed, verbose=False)
     device = pick_device(args)
 
     datamodule = KnownUnknownDataModule.from_args(args)
     datamodule.setup("test")
+    height = datamodule.image_shape[1]
+    if height != args.input_height:  # the network's size follows it: the checkpoint's weights would not fit
+        recorded = checkpoint_hparams(checkpoint).get("input_height")
+        if "input_height" in explicit_flags(parser, argv) or recorded is None:
+            fix = (f"drop --input_height (the checkpoint was trained on {height}x{height} images)" if recorded == height
+                   else f"pass --input_height {height}")
+            raise UserError(f"--input_height {args.input_height} does not match {args.known_dataset}'s "
+                            f"{height}x{height} images; {fix}")
+        raise UserError(f"the checkpoint was trained on {recorded}x{recorded} images (its --input_height), and "
+                        f"{args.known_dataset}'s are {height}x{height}; evaluate it on a known set of its image size")
     overrides = {name: getattr(args, name) for name in MODEL_FLAGS}
     overrides["in_channels"] = checkpoint_hparams(checkpoint).get("in_channels") or datamodule.image_shape[0]
     model = load_model(checkpoint, kind, overrides)

@@ -13,7 +13,8 @@ reference row); whatever is missing is trained or written first, as the profile 
 Each candidate is one main.py training with the profile's flags plus the candidate's
 (under OUTPUT_DIR/seed<k>/fashion_mnist/candidates/<name>/), evaluated twice by test.py
 (--detector vmdls vmdls_latent): with the paper's prediction rule (each detector's class
-Gaussians) and with --classifier h_linear (a linear probe on h; the scores do not change).
+Gaussians; for the "paper" candidate the profile's own evaluation) and with --classifier
+h_linear (a linear probe on h; the scores do not change).
 Writes OUTPUT_DIR/accuracy_candidates.json and .md.
 """
 from __future__ import annotations
@@ -75,7 +76,11 @@ def candidate_steps(harness, plan, seed: int, name: str, flags: list[str]):
     test_argv = [a for a in evaluate.argv if a != "--compare_untrained"]
     test_argv = _replace(test_argv, "--checkpoint_path", checkpoint)
     evaluations = {}
+    if not flags:  # the profile's own evaluation is the paper rule's, with the untrained reference beside it
+        evaluations["gaussians"] = evaluate
     for classifier in CLASSIFIERS:
+        if classifier in evaluations:
+            continue
         folder = os.path.join(base, f"eval_{classifier}")
         evaluations[classifier] = harness.Step(
             "test", "test.py", _replace(test_argv, "--output_dir", folder) + ["--classifier", classifier], folder,

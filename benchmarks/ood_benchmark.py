@@ -26,8 +26,10 @@ runs test.py three times, each call fitting once and scoring every unknown set:
 Unknown sets are registry names (mnist, noise, mnist_noise, omniglot, lsun-crop, ...) or
 idx:PATH / folder:PATH; they go to test.py as given, except that with --unknown_images M
 (the quick profile) the first M test images of each set are written as an IDX folder
-under OUT/data/unknown/ and that folder is scored (8-bit grey, the known set's shape); the
-rows keep the name given (idx:/folder: sets are named after their folder).
+under OUT/data/unknown/ and that folder is scored (8-bit grey, the known set's shape). The
+rows are keyed by the set as given (``unknown_set``) and show it by a short name
+(``unknown``): registry names as they are, idx:/folder: sets by their folder's name, with as
+many parent folders as it takes to tell two sets apart.
 
 Budget flags combine freely: --train_images N / --test_images M write the first N training
 and M test images of the known set as an IDX folder under OUT/data/known/ (0: that split
@@ -38,7 +40,7 @@ three. --max_epochs, --ae_epochs, --limit_train_batches and --lr replace the pro
 values (0: the profile's). A negative value is refused with one line (exit status 2).
 
 Writes OUT/results.json: one row per (setting, method, unknown set) with ``method``,
-``unknown``, ``setting``, ``auroc``, ``fpr_at_95_tpr``, ``aupr_in``, ``aupr_out``,
+``unknown``, ``unknown_set``, ``setting``, ``auroc``, ``fpr_at_95_tpr``, ``aupr_in``, ``aupr_out``,
 ``f1_macro_at_95_tpr``, ``closed_set_accuracy`` (each with ``<metric>_std`` and
 ``<metric>_per_seed``), ``train_seconds``, ``eval_seconds`` and ``seeds``. Values are means
 over the seeds; the ``*_std`` values are SAMPLE standard deviations over the seeds (ddof=1;
@@ -166,7 +168,7 @@ METHODS = ("vmdls", "vmdls_ae", "vmdls_latent", "untrained", "msp", "energy", "m
 VMDLS_DETECTORS = ("vmdls", "vmdls_latent")
 CE_DETECTORS = ("msp", "energy", "maxlogit", "mahalanobis", "knn", "vim")
 METRICS = ("auroc", "fpr_at_95_tpr", "aupr_in", "aupr_out", "f1_macro_at_95_tpr", "closed_set_accuracy")
-REQUIRED_KEYS = ("method", "unknown", "auroc", "auroc_std", "fpr_at_95_tpr", "aupr_in", "aupr_out",
+REQUIRED_KEYS = ("method", "unknown", "unknown_set", "auroc", "auroc_std", "fpr_at_95_tpr", "aupr_in", "aupr_out",
                  "f1_macro_at_95_tpr", "closed_set_accuracy", "train_seconds", "eval_seconds", "seeds")
 
 MNIST_UNKNOWN = ("omniglot", "mnist_noise", "noise")
@@ -461,14 +463,48 @@ def display_name(name: str) -> str:
     return name
 
 
+def display_names(names: list[str]) -> dict[str, str]:
+    """A short name for each set that no other of ``names`` gets: registry names as they
+    are; idx:/folder: sets by their folder's name, extended by parent folders while two sets
+    read alike (same1/digits and same2/digits), and with the short hash of the whole name
+    (utils.cli.folder_name) where even the whole path does not tell them apart."""
+    import hashlib
+    from collections import Counter
+
+    def parts(name: str) -> list[str] | None:
+        for prefix in ("idx:", "folder:"):
+            if name.startswith(prefix):
+                return [p for p in os.path.normpath(name[len(prefix):]).split(os.sep) if p] or [name]
+        return None
+
+    names = list(dict.fromkeys(names))
+    split = {name: parts(name) for name in names}
+    shown = {name: display_name(name) if split[name] is None else split[name][-1] for name in names}
+    depth = 1
+    while True:
+        alike = {text for text, count in Counter(shown.values()).items() if count > 1}
+        longer = [name for name in names if shown[name] in alike and split[name] and depth < len(split[name])]
+        if not alike or not longer:
+            break
+        depth += 1
+        for name in longer:
+            shown[name] = "/".join(split[name][-depth:])
+    alike = {text for text, count in Counter(shown.values()).items() if count > 1}
+    for name in names:
+        if shown[name] in alike and split[name] is not None:
+            shown[name] += "~" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return shown
+
+
 @dataclass
 class Plan:
     """Everything a run does: where the data goes, and each seed's steps."""
 
     steps: list[Step]
-    names: dict[str, str]          # name passed to test.py -> the name in the rows
+    names: dict[str, str]          # name passed to test.py -> the name shown in the rows (unique)
     settings: list[Setting]
     data: dict                     # what to materialise: {"known": (...), "unknown": [...]}
+    specs: dict[str, str] = field(default_factory=dict)  # name passed to test.py -> the set as given
 
 
 def setting_unknown_images(args, setting: Setting) -> int:
@@ -477,10 +513,14 @@ def setting_unknown_images(args, setting: Setting) -> int:
 
 
 def build_plan(args, settings: list[Setting]) -> Plan:
+    from utils.cli import folder_name
+
     out = os.path.abspath(args.output_dir)
     train_n, test_n = args.train_images, args.test_images
     data = {"known": [], "unknown": [], "embedded": []}
     names: dict[str, str] = {}
+    specs: dict[str, str] = {}
+    shown = display_names([name for setting in settings for name in setting.unknown])
     steps: list[Step] = []
     devices = ["--accelerator", args.accelerator, "--num_workers", str(args.num_workers)]
     logging = ["--logger", "csv", "--offline"]
@@ -501,12 +541,12 @@ def build_plan(args, settings: list[Setting]) -> Plan:
                     data["embedded"].append(embedded)
                 source, subset = f"idx:{embedded}", count if count < DIGITS_IMAGES else 0
             if subset:
-                folder = os.path.join(out, "data", "unknown", f"{slug(name)}-{count}")
+                folder = os.path.join(out, "data", "unknown", f"{folder_name(name)}-{count}")  # one per set
                 data["unknown"].append((source, setting.known, setting.class_num, folder, count))
                 target = f"idx:{folder}"
             else:
                 target = source
-            names[target] = display_name(name)
+            names[target], specs[target] = shown[name], name
             passed.append(target)
         setting.passed_known, setting.passed_unknown = known, passed
     for seed in range(args.seeds):
@@ -550,7 +590,7 @@ def build_plan(args, settings: list[Setting]) -> Plan:
                 eval_dir = os.path.join(base, folder)
                 steps.append(Step("test", "test.py", test + extra + ["--output_dir", eval_dir], eval_dir, label, seed,
                                   setting.name, os.path.join(eval_dir, "summary.csv"), list(passed), sources))
-    return Plan(steps, names, settings, data)
+    return Plan(steps, names, settings, data, specs)
 
 
 # --------------------------------------------------------------------------------------
@@ -830,6 +870,7 @@ def per_seed_rows(plan: Plan) -> list[dict]:
                 continue
             rows.append({"seed": step.seed, "setting": step.setting, "method": method,
                          "unknown": plan.names.get(unknown, display_name(unknown)),
+                         "unknown_set": plan.specs.get(unknown, unknown),
                          **{k: float(record[k]) for k in METRICS},
                          "train_seconds": train_s, "eval_seconds": recorded_seconds(step)})
     order = {m: i for i, m in enumerate(METHODS)}
@@ -848,16 +889,19 @@ def aggregate(rows: list[dict]) -> list[dict]:
     per-seed values (``<metric>_per_seed``).
 
     Each input row has ``method``, ``unknown``, ``seed``, the METRICS, ``train_seconds``,
-    ``eval_seconds`` and optionally ``setting``; the output keeps the rows' first order."""
+    ``eval_seconds`` and optionally ``setting`` and ``unknown_set`` (the set as given, which
+    keys the groups: two sets shown alike are never taken for seeds of one); the output
+    keeps the rows' first order."""
     import numpy as np
 
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row.get("setting", ""), row["method"], row["unknown"]), []).append(row)
+        groups.setdefault((row.get("setting", ""), row["method"], row.get("unknown_set", row["unknown"])),
+                          []).append(row)
     out = []
-    for (setting, method, unknown), members in groups.items():
+    for (setting, method, unknown_set), members in groups.items():
         members = sorted(members, key=lambda r: r["seed"])
-        result = {"setting": setting, "method": method, "unknown": unknown}
+        result = {"setting": setting, "method": method, "unknown": members[0]["unknown"], "unknown_set": unknown_set}
         for key in (*METRICS, "train_seconds", "eval_seconds"):
             values = np.array([float(m[key]) for m in members], dtype=float)
             result[key] = float(values.mean())
@@ -1175,9 +1219,11 @@ def main(argv=None) -> list[dict]:
 
     import matplotlib
 
+    from utils.cli import check_writable
+
     matplotlib.use("Agg")
     out = os.path.abspath(args.output_dir)
-    os.makedirs(out, exist_ok=True)
+    check_writable(out)  # created, or one sentence naming the folder
     config_path, budget = os.path.join(out, "config.json"), budget_of(args, settings)
     budget = json.loads(json.dumps(budget))
     if os.path.isfile(config_path):

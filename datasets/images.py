@@ -17,9 +17,10 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from datasets.sources import not_regular_reason, open_regular, os_error_words
 from utils.errors import UserError
 
 IMAGE_EXTENSIONS = (
@@ -129,25 +130,45 @@ def pil_to_tensor(
     return x.float().div_(255.0)
 
 
+def _size(path: str) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def _unreadable(path: str, exc: Exception) -> UserError:
+    """The sentence for an image that cannot be read: truncated, empty, not an image, a
+    decompression bomb (PIL's DecompressionBombError), not a regular file, ..."""
+    if isinstance(exc, UnidentifiedImageError):  # its text names the file object, not the path
+        reason = "an empty file" if _size(path) == 0 else "not an image format PIL can read"
+    elif isinstance(exc, OSError):
+        reason = os_error_words(exc)
+    else:
+        reason = " ".join(str(exc).split()).rstrip(". ")
+    return UserError(f"Cannot read the image {path} ({reason or type(exc).__name__}): remove or replace that file.")
+
+
 def pil_shape(path: str) -> tuple[int, int, int]:
     """``(C, H, W)`` that :func:`pil_to_tensor` gives for the image at ``path`` (header only)."""
     try:
-        with Image.open(path) as img:
+        with open_regular(path) as f, Image.open(f) as img:
             c = 1 if img.mode in _GREY_MODES else 3
             w, h = img.size
-    except (OSError, ValueError) as exc:
-        raise UserError(f"Cannot read the image {path} ({exc}): remove or replace that file.") from None
+    except Exception as exc:  # any failure to decode the file is the file's fault
+        raise _unreadable(path, exc) from None
     return (c, h, w)
 
 
 def open_image(path: str) -> Image.Image:
-    """Open and fully load an image file, as a UserError if it is unreadable."""
+    """Open and fully load an image file, as a UserError if it is unreadable (never opens
+    anything but a regular file, so a named pipe cannot block the reader)."""
     try:
-        with Image.open(path) as img:
+        with open_regular(path) as f, Image.open(f) as img:
             img.load()
             return img
-    except (OSError, ValueError) as exc:
-        raise UserError(f"Cannot read the image {path} ({exc}): remove or replace that file.") from None
+    except Exception as exc:  # any failure to decode the file is the file's fault
+        raise _unreadable(path, exc) from None
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -159,7 +180,10 @@ def list_images(root: str) -> list[str]:
 
     Symbolic links are followed, except a link to a folder already walked or to one that
     holds the folder it sits in (a loop); two names of one file (by its real path) count
-    once, the first in sorted order."""
+    once, the first in sorted order. An entry with an image's name that is not a regular
+    file (a named pipe, socket, device or broken link) is refused with a UserError naming
+    it, without being opened (reading a named pipe would wait for ever); a folder with an
+    image's name is walked as a folder."""
     found, walked, files = [], set(), set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -171,7 +195,12 @@ def list_images(root: str) -> list[str]:
                        and not _inside(real, os.path.realpath(os.path.join(dirpath, d)))]
         for name in filenames:
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(os.path.join(dirpath, name))
+                path = os.path.join(dirpath, name)
+                kind = not_regular_reason(path)
+                if kind is not None:
+                    raise UserError(f"{path} in the image folder {root} is {kind}, not an image file: remove it or "
+                                    "replace it with an image.")
+                found.append(path)
     found.sort(key=lambda p: os.path.relpath(p, root).split(os.sep))
     unique = []
     for path in found:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import gzip
 import os
-import pickle
+import stat
 import struct
 import zlib
 from typing import Callable, Optional
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from utils.errors import UserError
+from utils.torch_files import UntrustedGlobal, load_data_pickle
 
 # IDX type codes -> numpy dtypes (big-endian on disk).
 _IDX_DTYPES = {
@@ -48,17 +49,87 @@ _NOT_IDX_SUFFIXES = (
 
 
 # --------------------------------------------------------------------------------------
+# Opening files: regular files only
+# --------------------------------------------------------------------------------------
+class NotRegularFile(OSError):
+    """The path is not a regular file (a named pipe, socket, device, folder or broken link):
+    reading it could block for ever or never end, so it is never read."""
+
+    def __init__(self, path: str, kind: str):
+        super().__init__(f"{path} is {kind}, not a regular file")
+        self.kind = kind
+
+
+def _kind(mode: int) -> str:
+    for test, words in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                        (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return words
+    return "not a regular file"
+
+
+def not_regular_reason(path: str) -> Optional[str]:
+    """None when ``path`` (links followed) is a regular file; otherwise what it is instead,
+    in words ("a named pipe (FIFO)", "a broken symbolic link", ...). Never opens it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if os.path.islink(path):
+            return "a broken symbolic link" if not os.path.exists(path) else f"unreadable ({exc.strerror})"
+        return f"unreadable ({exc.strerror})"
+    return None if stat.S_ISREG(mode) else _kind(mode)
+
+
+def _regular_opener(path: str, flags: int) -> int:
+    fd = os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(path, _kind(mode))
+        os.set_blocking(fd, True)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_regular(path: str):
+    """``open(path, "rb")`` for a regular file only: a named pipe, socket, device or folder
+    is refused with NotRegularFile before anything is read from it. The file is opened
+    non-blocking and checked on the open descriptor, so even one swapped for a named pipe
+    after a listing cannot make the reader wait for ever."""
+    return open(path, "rb", opener=_regular_opener)
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's text on one line, without a closing full stop, at most 200 characters."""
+    text = " ".join(str(exc).split()).rstrip(". ") or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def os_error_words(exc: OSError) -> str:
+    """The reason an OSError gives, in a few words for a sentence."""
+    if isinstance(exc, NotRegularFile):
+        return f"{exc.kind}, not a regular file"
+    if isinstance(exc, IsADirectoryError):
+        return "a folder, not a regular file"
+    return _one_line(exc)
+
+
+# --------------------------------------------------------------------------------------
 # IDX
 # --------------------------------------------------------------------------------------
 def read_idx(path: str) -> np.ndarray:
     """Read an IDX file (gzipped or not, detected from its first bytes) into a numpy array."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             raw = f.read()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:
-        raise UserError(f"Cannot read the IDX file {path} ({exc}): replace it with a good copy.") from None
+        reason = os_error_words(exc) if isinstance(exc, OSError) else exc
+        raise UserError(f"Cannot read the IDX file {path} ({reason}): replace it with a good copy.") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise UserError(
             f"{path} is not an IDX file (bad magic number): replace it with a good copy of the "
@@ -238,11 +309,23 @@ _CIFAR = {
 
 
 def _read_cifar_pickle(path: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR batch. The file is a pickle, read whatever its checksum but with the data
+    unpickler (utils.torch_files.load_data_pickle): plain containers and numpy arrays only,
+    so a planted file that would run code is refused before anything of it runs."""
     try:
-        with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")
+        with open_regular(path) as f:
+            entry = load_data_pickle(f, encoding="bytes")
+    except UntrustedGlobal as refused:
+        raise UserError(
+            f"The CIFAR file {path} is not a plain CIFAR batch (it names {refused.name}, which would run code "
+            "from the file, so it was not loaded): replace it with a good copy, or delete it to let torchvision "
+            "download it."
+        ) from None
+    except OSError as exc:
+        raise UserError(f"Cannot read the CIFAR file {path} ({os_error_words(exc)}): "
+                        "replace it with a good copy.") from None
     except Exception as exc:
-        raise UserError(f"Cannot read the CIFAR file {path} ({exc}): replace it with a good copy.") from None
+        raise UserError(f"Cannot read the CIFAR file {path} ({_one_line(exc)}): replace it with a good copy.") from None
 
     def get(key: str):
         for k in (key.encode(), key):
@@ -266,8 +349,8 @@ def load_cifar(classes: int, data_dir: str, train: bool, download: bool) -> tupl
     root = os.path.join(data_dir, folder)
     files = train_files if train else test_files
 
-    def present():
-        return all(os.path.isfile(os.path.join(root, f)) for f in files)
+    def present():  # a named pipe or the like counts as present: it is refused when read, never downloaded over
+        return all(os.path.lexists(os.path.join(root, f)) for f in files)
 
     failure = None
     if not present() and download:

@@ -13,7 +13,7 @@ from lightning_fabric.utilities.seed import seed_everything
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities import rank_zero_info
 
-from models.checkpoints import SafeCheckpointIO
+from models.checkpoints import TRAINER_SETTINGS_KEY, SafeCheckpointIO, _non_finite, non_finite_state
 from utils.errors import UserError
 
 
@@ -60,42 +60,22 @@ class EpochSeed(Callback):
         seed_everything(self.seed + trainer.current_epoch + trainer.global_rank * 100_003, workers=True, verbose=False)
 
 
+class RecordTrainerSettings(Callback):
+    """Write the run's trainer settings (models.checkpoints.TRAINER_SETTINGS: batches per
+    epoch, precision) into every checkpoint, so that a resumed run restores them, or refuses
+    other ones (utils.cli.resume_trainer_settings)."""
+
+    def __init__(self, settings: dict):
+        self.settings = dict(settings)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint[TRAINER_SETTINGS_KEY] = dict(self.settings)
+
+
 # ------------------------------------------------------------------------------ divergence
 
 class TrainingDiverged(UserError):
     """A NaN or infinite loss, weight or class statistic: the run stops, in one sentence."""
-
-
-def _non_finite(tensor: torch.Tensor) -> str | None:
-    """"nan" or "inf" when ``tensor`` holds one (NaN first), else None."""
-    if not tensor.is_floating_point() or tensor.numel() == 0:
-        return None
-    if bool(torch.isnan(tensor).any()):
-        return "nan"
-    if bool(torch.isinf(tensor).any()):
-        return "inf"
-    return None
-
-
-def _may_be_infinite(name: str) -> bool:
-    """Buffers that hold -inf by design: the class bounds start at -inf."""
-    return "bounds" in name
-
-
-def non_finite_state(named_tensors) -> tuple[str, str] | None:
-    """(name, "nan"/"inf") of the first unusable tensor of a model's state, else None. The
-    class bounds may be -inf (their start), never NaN."""
-    for name, tensor in named_tensors:
-        if not isinstance(tensor, torch.Tensor):
-            continue
-        if _may_be_infinite(name):
-            if tensor.is_floating_point() and bool(torch.isnan(tensor).any()):
-                return name, "nan"
-            continue
-        kind = _non_finite(tensor)
-        if kind:
-            return name, kind
-    return None
 
 
 def divergence_message(what: str, kind: str, epoch: int, step: int, lr: float | None,
@@ -122,6 +102,18 @@ def _lr_flag(pl_module: pl.LightningModule) -> str:
     return "finetune_lr" if callable(head_only) and head_only() else "lr"
 
 
+def _overflowed_kl_coefficient(pl_module: pl.LightningModule) -> float | None:
+    """--kl_coeff when the step's non-finite loss comes from the KL term alone (its metric
+    term finite), else None. VMDLS adds each step's [metric, KL] terms to ``_loss_sums``
+    in training_step, so they hold this step's terms when on_before_backward runs."""
+    sums = getattr(pl_module, "_loss_sums", None)
+    coefficient = getattr(pl_module, "hparams", {}).get("kl_coeff")
+    if not isinstance(sums, torch.Tensor) or sums.numel() != 2 or coefficient is None:
+        return None
+    sums = sums.detach()
+    return float(coefficient) if _non_finite(sums[1:]) and not _non_finite(sums[:1]) else None
+
+
 class DivergenceGuard(Callback):
     """Stop training at the first NaN or infinite loss, before its backward pass and
     optimiser step, and before validating or starting an epoch with non-finite weights or
@@ -141,6 +133,15 @@ class DivergenceGuard(Callback):
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         kind = _non_finite(loss.detach())
         if self._agreed(trainer, kind is not None):
+            coefficient = _overflowed_kl_coefficient(pl_module)
+            if coefficient is not None:  # the KL term alone: its coefficient is named, not only the learning rate
+                rate = _learning_rate(trainer)
+                raise TrainingDiverged(
+                    f"training diverged: the loss's KL term (--kl_coeff {coefficient:g} times the class KL) is "
+                    f"{kind or 'nan'} at epoch {trainer.current_epoch}, step {trainer.global_step}"
+                    f"{f' (learning rate {rate:g})' if rate is not None else ''}; lower --kl_coeff (or "
+                    f"--{_lr_flag(pl_module)}, if the KL grew with the weights) (the run stopped there, and no "
+                    "checkpoint of the diverged model was written)")
             self._stop(trainer, pl_module, "the loss", kind or "nan")
 
     def _check_state(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -9,6 +9,7 @@ read from there, and keys the model does not take are ignored.
 """
 from __future__ import annotations
 
+import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 
 from models.classifier import CrossEntropyClassifier
@@ -30,10 +31,72 @@ def read_checkpoint(path: str | None, trust: bool = False, setting: str = "check
         raise UserError("no model to evaluate: give the checkpoint of a trained model (main.py prints the path "
                         "of the one it writes)", setting=setting)
     checkpoint = read_torch_file(path, "checkpoint", "give one written by main.py", setting=setting, trust=trust)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(f"checkpoint {path!r} is not a Lightning checkpoint; give one written by main.py",
                         setting=setting)
+    found = non_finite_state(checkpoint["state_dict"].items())
+    if found:  # main.py never writes one (AtomicCheckpointIO): the file was made or changed elsewhere
+        name, kind = found
+        raise UserError(f"checkpoint {path!r} holds {'NaN' if kind == 'nan' else 'infinite'} values (in "
+                        f"{name}), so its model cannot be used; give a checkpoint of finite weights, such as an "
+                        "earlier one of the same run", setting=setting)
     return checkpoint
+
+
+def check_optimizer_states(checkpoint: dict, path: str, setting: str = "checkpoint_path") -> None:
+    """A resume continues the optimiser too: a NaN or infinite value in its saved state (the
+    momentum, Adam's moments) is a UserError naming the file, rather than a divergence blamed
+    on the learning rate after the first step."""
+    def tensors(value, where):
+        if isinstance(value, torch.Tensor):
+            yield where, value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                yield from tensors(item, f"{where}.{key}")
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                yield from tensors(item, f"{where}.{index}")
+
+    for where, tensor in tensors(checkpoint.get("optimizer_states") or [], "optimizer_states"):
+        kind = _non_finite(tensor)
+        if kind:
+            raise UserError(f"checkpoint {path!r} holds {'NaN' if kind == 'nan' else 'infinite'} values in its "
+                            f"optimiser state ({where}), so the run cannot be resumed from it; give a checkpoint of "
+                            "finite values, such as an earlier one of the same run", setting=setting)
+
+
+# ------------------------------------------------------------------ non-finite values
+
+def _non_finite(tensor) -> str | None:
+    """"nan" or "inf" when ``tensor`` holds one (NaN first), else None."""
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.numel() == 0:
+        return None
+    if bool(torch.isnan(tensor).any()):
+        return "nan"
+    if bool(torch.isinf(tensor).any()):
+        return "inf"
+    return None
+
+
+def _may_be_infinite(name: str) -> bool:
+    """Buffers that hold -inf by design: the class bounds start at -inf."""
+    return "bounds" in name
+
+
+def non_finite_state(named_tensors) -> tuple[str, str] | None:
+    """(name, "nan"/"inf") of the first unusable tensor of a model's state, else None. The
+    class bounds may be -inf (their start), never NaN."""
+    for name, tensor in named_tensors:
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        if _may_be_infinite(name):
+            if tensor.is_floating_point() and bool(torch.isnan(tensor).any()):
+                return name, "nan"
+            continue
+        kind = _non_finite(tensor)
+        if kind:
+            return name, kind
+    return None
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -69,6 +132,51 @@ def checkpoint_data_settings(checkpoint: dict) -> dict:
         return recorded
     hparams = checkpoint_hparams(checkpoint)
     return {name: hparams[name] for name in DATA_SETTINGS if name in hparams}
+
+
+# The trainer flags that define the epochs a run trains: how many training and validation
+# batches each epoch has, and the arithmetic. A resumed run keeps them (utils.cli.resume_settings:
+# restored when not given, refused when given otherwise); --max_epochs and --max_steps may grow
+# to train longer, and the devices, workers and strategy follow the machine.
+TRAINER_SETTINGS = ("limit_train_batches", "limit_val_batches", "precision")
+TRAINER_SETTINGS_KEY = "trainer_settings"  # where main.py's checkpoints record them (models.callbacks)
+
+# Lightning's short precision names and the full ones they stand for.
+_PRECISION_ALIASES = {"64": "64-true", "32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
+
+
+def normal_trainer_setting(name: str, value):
+    """A trainer setting in one spelling, so that equal settings compare equal: a batch limit
+    not given (None) is Lightning's 1.0 (every batch); a precision is its full name."""
+    if name.startswith("limit_"):
+        return 1.0 if value is None else value
+    if name == "precision":
+        text = str(value)
+        return _PRECISION_ALIASES.get(text, text)
+    return value
+
+
+def trainer_settings(args) -> dict:
+    """The run's :data:`TRAINER_SETTINGS` (parsed flags), as a checkpoint records them."""
+    return {name: normal_trainer_setting(name, getattr(args, name, None)) for name in TRAINER_SETTINGS}
+
+
+def checkpoint_trainer_settings(checkpoint: dict, path: str | None = None) -> dict:
+    """The trainer settings of the run that wrote ``checkpoint``: its record, or, for a
+    checkpoint of main.py written before it recorded them, the args.json that main.py wrote
+    beside its ``checkpoints/`` folder; empty when neither is there (the original's files)."""
+    recorded = checkpoint.get(TRAINER_SETTINGS_KEY)
+    if not isinstance(recorded, dict) and path:
+        import os
+
+        from utils.loggers import read_json
+
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.basename(folder) == "checkpoints":
+            recorded = read_json(os.path.join(os.path.dirname(folder), "args.json"))
+    if not isinstance(recorded, dict):
+        return {}
+    return {name: normal_trainer_setting(name, recorded[name]) for name in TRAINER_SETTINGS if name in recorded}
 
 
 def checkpoint_seed(checkpoint: dict, default: int = 0) -> int:

@@ -456,3 +456,64 @@ def test_standard_end_to_end_on_tiny_data(tmp_path, capsys):
     assert [line for line in text.splitlines() if line.startswith("[step ")] == \
         [line for line in text.splitlines() if line.startswith("[step ") and line.endswith("done before, kept")]
     assert len([line for line in text.splitlines() if line.startswith("[step ")]) == 6
+
+
+# --------------------------------------------------------------------------------------
+# Issue 18, point 3: a row per set as given, a short name that tells sets apart, one sentence
+# for an unwritable folder
+# --------------------------------------------------------------------------------------
+def test_display_names_tell_sets_apart():
+    names = ["folder:/d/same1/digits", "folder:/d/same2/digits", "digits", "mnist", "idx:/d/x", "folder:/d/x"]
+    shown = bench.display_names(names)
+    assert shown["folder:/d/same1/digits"] == "same1/digits" and shown["folder:/d/same2/digits"] == "same2/digits"
+    assert shown["digits"] == "digits" and shown["mnist"] == "mnist"
+    assert shown["idx:/d/x"].startswith("d/x~") and shown["folder:/d/x"].startswith("d/x~")
+    assert len(set(shown.values())) == len(names)
+    assert bench.display_names(["folder:/d/a/b", "idx:/e/c"]) == {"folder:/d/a/b": "b", "idx:/e/c": "c"}
+
+
+def test_sets_with_one_folder_name_are_rows_of_their_own(tmp_path):
+    """folder:P/same1/digits and folder:P/same2/digits: two rows (not one row whose spread
+    is taken for a seed standard deviation), shown apart, keyed by the set as given; their
+    IDX subsets go to two folders."""
+    import pandas as pd
+
+    sets = [f"folder:{tmp_path / 'same1' / 'digits'}", f"folder:{tmp_path / 'same2' / 'digits'}",
+            f"folder:{tmp_path / 'a' / 'b'}", f"folder:{tmp_path / 'a_b'}"]
+    out_dir = tmp_path / "out"
+    args = bench.parse(["--profile", "tiny", "--output_dir", str(out_dir), "--unknown", *sets])
+    subsets = bench.build_plan(args, bench.PROFILES["tiny"](args))
+    assert len({folder for _, _, _, folder, _ in subsets.data["unknown"]}) == len(sets)
+    args = bench.parse(["--profile", "tiny", "--output_dir", str(out_dir), "--unknown", *sets, "--unknown_images", "0"])
+    plan = bench.build_plan(args, bench.PROFILES["tiny"](args))
+    for step in plan.steps:
+        if step.kind != "test":
+            continue
+        os.makedirs(step.output_dir)
+        methods = {"eval_vmdls": ("vmdls", "vmdls_latent", "untrained"), "eval_vmdls_ae": ("vmdls",)}.get(
+            os.path.basename(step.output_dir), bench.CE_DETECTORS)
+        pd.DataFrame([{"method": method, "unknown": name, **{k: 0.5 + 0.1 * i for k in bench.METRICS}}
+                      for i, name in enumerate(step.unknown) for method in methods]).to_csv(step.done_file)
+    rows = bench.aggregate(bench.per_seed_rows(plan))
+    vmdls = [r for r in rows if r["method"] == "vmdls"]
+    assert [r["unknown_set"] for r in vmdls] == sets
+    assert [r["unknown"] for r in vmdls] == ["same1/digits", "same2/digits", "b", "a_b"]
+    assert [r["auroc"] for r in vmdls] == pytest.approx([0.5, 0.6, 0.7, 0.8])
+    assert all(r["auroc_std"] == 0.0 and r["seeds"] == [0] for r in rows)
+    files = bench.write_report(rows, str(out_dir))
+    head = _tables(open(files["md"]).read())[0][0]
+    assert "AUROC same1/digits" in head and "AUROC same2/digits" in head
+
+
+def test_an_unwritable_output_folder_is_one_sentence(tmp_path, capsys):
+    from utils.cli import run_main
+
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: bench.main(["--profile", "tiny", "--output_dir", str(taken), "--accelerator", "cpu"]))
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"error: {taken} is a file, not a folder, so the run cannot write into it; remove it or pick "
+                     "another --output_dir"]
+    assert taken.read_text() == "a file"

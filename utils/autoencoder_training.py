@@ -8,7 +8,7 @@ import argparse
 import os
 
 from utils.errors import UserError
-from utils.flags import add_common_args, add_known_data_args, add_trainer_args, new_parser
+from utils.flags import add_common_args, add_known_data_args, add_trainer_args, new_parser, positive
 
 __all__ = ["build_autoencoder_parser", "announce_checkpoint", "train_autoencoder"]
 
@@ -23,10 +23,11 @@ def build_autoencoder_parser(description: str, *, known_dataset: str, data_trans
                         class_num_help="train on classes 0..class_num-1, like the classifier "
                                        "(default: 10; 100 for cifar100_known)")
     group = parser.add_argument_group("model")
-    group.add_argument("--latent_dim", type=int, default=latent_dim, help="latent size")
-    group.add_argument("--enc_out_dim", type=int, default=None,
+    group.add_argument("--latent_dim", type=positive(int), default=latent_dim, help="latent size")
+    group.add_argument("--enc_out_dim", type=positive(int), default=None,
                        help="accepted for the original's command lines; must equal the encoder's output size")
-    parser.add_argument_group("training").add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    parser.add_argument_group("training").add_argument("--lr", type=positive(float), default=1e-4,
+                                                       help="Adam learning rate")
     add_trainer_args(parser, max_epochs=max_epochs)
     return parser
 
@@ -42,9 +43,10 @@ def train_autoencoder(args: argparse.Namespace, arch: str) -> str:
     """Train an AutoEncoder from parsed flags; returns the path of the last checkpoint.
 
     The output folder is created, checked for writing and locked before any work; one that
-    already holds an autoencoder run is refused unless ``--overwrite``."""
+    already holds an autoencoder run is refused unless ``--overwrite``, which removes only the
+    files that run recorded (utils.cli.claim_output_dir)."""
     from models.autoencoders import ENC_OUT_DIM
-    from utils.cli import AUTOENCODER_RUN, claim_output_dir, trainer_kwargs
+    from utils.cli import AUTOENCODER_RUN, claim_output_dir, logger_trees, trainer_kwargs
 
     if args.batch_size < 1:
         raise UserError(f"--batch_size must be at least 1, not {args.batch_size}")
@@ -58,7 +60,8 @@ def train_autoencoder(args: argparse.Namespace, arch: str) -> str:
         class_num = 100 if args.known_dataset == "cifar100_known" else 10
     kwargs = trainer_kwargs(args)
     output_dir = args.output_dir or os.path.join("outputs", f"ae_{args.known_dataset}")
-    with claim_output_dir(output_dir, AUTOENCODER_RUN, getattr(args, "overwrite", False)):
+    with claim_output_dir(output_dir, AUTOENCODER_RUN, getattr(args, "overwrite", False),
+                          trees=logger_trees(args.logger)):
         return _train(args, arch, output_dir, kwargs, class_num)
 
 

@@ -21,6 +21,7 @@ Defaults are the original code's. This module imports nothing heavy, so ``--help
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 from utils.cli import fast_dev_run_value, int_or_float
@@ -50,13 +51,14 @@ def _adder(group: argparse._ArgumentGroup, hidden: bool):
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """Flags every script takes: seed, devices, workers, output folder and loggers."""
     add = parser.add_argument_group("common (every script)").add_argument
-    add("--seed", type=int, default=0, help="seed of every random generator")
+    add("--seed", type=at_least(0, int, at_most=MAX_SEED), default=0,
+        help=f"seed of every random generator, 0 to {MAX_SEED}")
     add("--output_dir", type=str, default=None,
         help="folder for everything the run writes (default: a new folder under outputs/)")
     add("--accelerator", type=str, default="auto", help="cpu, gpu, mps or auto; cpu overrides --gpus")
     add("--devices", type=str, default=None, help='"auto", a count, or a device list like "0,1"')
     add("--gpus", type=str, default=None, help='Lightning 1.x style: "0," uses GPU 0, "2" uses two GPUs')
-    add("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="data-loading processes")
+    add("--num_workers", type=at_least(0, int), default=min(8, os.cpu_count() or 1), help="data-loading processes")
     add("--logger", nargs="+", choices=LOGGERS, default=None, metavar="NAME",
         help=f"experiment loggers, any of {', '.join(LOGGERS)} (default: {' '.join(DEFAULT_LOGGERS)}, plus "
              "neptune when its client is installed and configured); metrics.csv is written whatever they are")
@@ -80,8 +82,8 @@ def add_known_data_args(group_or_parser, *, known_dataset: str = "mnist", data_t
     add("--data_dir", default=".", type=str, help="folder holding every dataset")
     add("--data_transforms", default=data_transforms, type=str,
         help="mnist, cifar, cifar_test or blob: augmentation while training and the normalisation")
-    add("--class_num", type=int, default=class_num, help=class_num_help)
-    add("--batch_size", type=int, default=256, help=batch_size_help)
+    add("--class_num", type=positive(int), default=class_num, help=class_num_help)
+    add("--batch_size", type=positive(int), default=256, help=batch_size_help)
 
 
 class JoinNames(argparse.Action):
@@ -109,10 +111,10 @@ def add_data_args(parser: argparse.ArgumentParser, hide_training: bool = False) 
                        help="unknown dataset(s), e.g. omniglot, noise, lsun-resize, cifar_unknown, digits_unknown; "
                             "test.py scores each of several names (also comma-separated), training validates "
                             "on the first")
-    group.add_argument("--input_height", type=int, default=28, help="image side: 28 for MNIST, 32 for CIFAR")
+    group.add_argument("--input_height", type=positive(int), default=28, help="image side: 28 for MNIST, 32 for CIFAR")
     add = _adder(group, hide_training)
-    add("--batch_classes", type=int, default=10, help="B_c: classes per training batch")
-    add("--sample_count", type=int, default=40, help="B_s: images per class per training batch")
+    add("--batch_classes", type=positive(int), default=10, help="B_c: classes per training batch")
+    add("--sample_count", type=positive(int), default=40, help="B_s: images per class per training batch")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -121,7 +123,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     add("--enc_type", type=str, default="resnet18", help="mnist-conv, vgg, resnet18, resnet50, densenet or wresnet")
     add("--first_conv", action="store_true", help="ResNet: the 7x7 stride-2 stem")
     add("--maxpool1", action="store_true", help="ResNet: a max-pool after the stem")
-    add("--enc_out_dim", type=int, default=512,
+    add("--enc_out_dim", type=positive(int), default=512,
         help="backbone feature size: 500/1024/512/2048/342/640 for mnist-conv/vgg/resnet18/resnet50/densenet/wresnet")
     add("--latent_dim", type=positive(int), default=256, help="size of the latent mu and z")
 
@@ -132,28 +134,34 @@ def add_training_args(parser: argparse.ArgumentParser, hidden: bool = False) -> 
     add("--objective", choices=("vmdls", "ce"), default="vmdls",
         help="vmdls: the paper's losses; ce: a plain cross-entropy classifier on the same backbone, data and "
              "schedule, the baseline for test.py --detector msp/energy/...")
-    add("--kl_coeff", type=float, default=0.1, help="weight of the class KL loss")
+    add("--kl_coeff", type=at_least(0.0, float, at_most=FLOAT32_MAX), default=0.1,
+        help="weight of the class KL loss, 0 or more (at most float32's largest number: the loss is float32)")
     add("--lr", type=positive(float), default=1e-4, help="learning rate")
     add("--opt", type=str, default="sgd", choices=["sgd", "adam"], help="optimiser (SGD: momentum 0.9, Nesterov)")
     add("--step_size", type=positive(int), default=100, help="StepLR period in epochs")
-    add("--step_gamma", type=float, default=0.1, help="StepLR factor")
-    add("--generation_epoch", type=int, default=20, help="first epoch with the KL loss")
+    add("--step_gamma", type=decay_factor, default=0.1,
+        help="StepLR factor: the learning rate is multiplied by it every --step_size epochs (above 0, at most 1)")
+    add("--generation_epoch", type=at_least(0, int), default=20, help="first epoch with the KL loss")
     add("--kl_prior_means", choices=("z", "mu"), default="z",
         help="the KL prior's class means: of the sampled z over the previous epoch (the original) or of mu")
-    add("--initial_sampling_std", type=float, default=None,
+    add("--initial_sampling_std", type=positive(float), default=None,
         help="start the sampling std exp(log_var / 2) near this value (fc_var's bias); default: PyTorch's "
              "initialisation, the original's, which starts it near 1")
-    add("--lower_bound", type=float, default=0.05,
-        help="quantile of the class bounds used by the validation diagnostics")
-    add("--margin_max_distance", type=float, default=32, help="largest distancing margin M_d")
-    add("--margin_jump", "--margin_jumps", dest="margin_jump", type=float, default=1.0,
+    add("--lower_bound", type=at_least(0.0, float, at_most=1.0), default=0.05,
+        help="quantile of the class bounds used by the validation diagnostics (0 to 1)")
+    add("--margin_max_distance", type=at_least(0.0, float, at_most=FLOAT32_MAX), default=32,
+        help="largest distancing margin M_d")
+    add("--margin_jump", "--margin_jumps", dest="margin_jump", type=at_least(0.0, float, at_most=FLOAT32_MAX),
+        default=1.0,
         help="M_d grows by this much each epoch")
-    add("--margins_epoch", "--margin_epochs", dest="margins_epoch", type=int, default=0,
+    add("--margins_epoch", "--margin_epochs", dest="margins_epoch", type=at_least(0, int), default=0,
         help="first epoch at which M_d grows")
-    add("--weights", default=None, type=str, help="backbone weights (a state_dict file) to start from")
+    add("--weights", default=None, type=str,
+        help="backbone weights (a state_dict file) to start from; at least half of the backbone's tensors must load "
+             "from it")
     add("--finetune", action="store_true", help="with --weights: train only the heads first")
     add("--finetune_lr", type=positive(float), default=1e-4, help="learning rate of the heads-only phase")
-    add("--finetune_epochs", type=int, default=20, help="epochs of the heads-only phase (the paper: 20)")
+    add("--finetune_epochs", type=at_least(0, int), default=20, help="epochs of the heads-only phase (the paper: 20)")
     # Accepted for compatibility; the original parsed them but the method does not use them.
     for name, default in (("--cov_scaling", 5.0), ("--recon_weight", 0.1), ("--gen_weight", 0.5)):
         parser.add_argument(name, type=float, default=default, help=argparse.SUPPRESS)
@@ -164,13 +172,15 @@ def add_trainer_args(parser: argparse.ArgumentParser, max_epochs: int | None = N
     add = _adder(parser.add_argument_group("trainer"), hidden)
     add("--strategy", type=strategy_name, default="auto", help="auto, ddp, ... (Lightning's strategy registry)")
     add("--precision", type=precision_name, default="32-true", help="32-true, 16-mixed, bf16-mixed, ...")
-    add("--max_epochs", type=int, default=max_epochs, help="epochs to train")
-    add("--max_steps", type=int, default=-1, help="stop after this many steps (-1: no limit)")
-    add("--fast_dev_run", type=fast_dev_run_value, nargs="?", const=True, default=False,
+    add("--max_epochs", type=at_least(0, int, or_minus_one=True), default=max_epochs,
+        help="epochs to train (-1: no limit)")
+    add("--max_steps", type=at_least(0, int, or_minus_one=True), default=-1,
+        help="stop after this many steps (-1: no limit)")
+    add("--fast_dev_run", type=dev_run_batches, nargs="?", const=True, default=False,
         help="run N batches of train/val (1 if no N) as a smoke test")
-    add("--limit_train_batches", type=int_or_float, default=None, help="batches per epoch (int) or a fraction")
-    add("--limit_val_batches", type=int_or_float, default=None, help="validation batches (int) or a fraction")
-    add("--num_nodes", type=int, default=1, help="machines for DDP")
+    add("--limit_train_batches", type=batch_limit, default=None, help="batches per epoch (int) or a fraction")
+    add("--limit_val_batches", type=batch_limit, default=None, help="validation batches (int) or a fraction")
+    add("--num_nodes", type=positive(int), default=1, help="machines for DDP")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -193,9 +203,82 @@ def positive(kind):
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__} number, got {text!r}") from None
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
         return value
     parse.__name__ = f"positive {kind.__name__}"
     return parse
+
+
+# The largest seed: numpy takes seeds up to 2**32 - 1, and each epoch reseeds with the seed
+# plus the epoch plus 100003 times the process's rank (models.callbacks.EpochSeed), so half
+# the range is kept for those.
+MAX_SEED = 2**31 - 1
+
+# The largest float32 number: the losses are computed in float32, where a larger coefficient
+# or margin is infinite (the loss would be inf or NaN at its first step).
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _number(kind, text: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a{'n integer' if kind is int else ' number'}, got {text!r}") \
+            from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _bound(value) -> str:
+    if value == FLOAT32_MAX:
+        return f"{value:.4g} (float32's largest number)"
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def at_least(low, kind, at_most=None, or_minus_one: bool = False):
+    """An argparse type: a number of ``kind`` from ``low`` up to ``at_most`` (when given), or
+    -1 (meaning "no limit") when ``or_minus_one``; the refusal states the allowed range."""
+    def parse(text: str):
+        value = _number(kind, text)
+        if or_minus_one and value == -1:
+            return value
+        if value < low or (at_most is not None and value > at_most):
+            allowed = f"{low:g} or more" if at_most is None else f"from {low:g} to {_bound(at_most)}"
+            raise argparse.ArgumentTypeError(f"must be {'-1 (no limit) or ' if or_minus_one else ''}{allowed}, "
+                                             f"got {text}")
+        return value
+    parse.__name__ = f"{kind.__name__} from {low}"
+    return parse
+
+
+def decay_factor(text: str) -> float:
+    """--step_gamma: the learning rate's factor every --step_size epochs, above 0 and at most 1
+    (at 0 training would stop learning, below it the learning rate would turn negative, above
+    1 it would grow without bound)."""
+    value = _number(float, text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1 (a decay factor), got {text}")
+    return value
+
+
+def batch_limit(text: str) -> int | float:
+    """--limit_train_batches / --limit_val_batches: Lightning's domain, a number of batches (an
+    integer, 0 or more) or a fraction of them (from 0.0 to 1.0)."""
+    value = int_or_float(text)
+    if isinstance(value, int) and value < 0 or isinstance(value, float) and not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number of batches (0 or more) or a fraction from 0.0 to 1.0, "
+                                         f"got {text}")
+    return value
+
+
+def dev_run_batches(text: str) -> int | bool:
+    """--fast_dev_run N: a number of batches, 0 or more (or true / false)."""
+    value = fast_dev_run_value(text)
+    if not isinstance(value, bool) and value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of batches, 0 or more, got {text}")
+    return value
 
 
 # Lightning 2's precision names (lightning_fabric.connector._PRECISION_INPUT), kept here so

@@ -21,6 +21,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
+from utils.cli import record_output
 from utils.errors import UserError
 from utils.flags import DEFAULT_LOGGERS, LOGGERS
 
@@ -94,6 +95,16 @@ class _RunWriter(ExperimentWriter):
     def _check_log_dir_exists(self) -> None:
         if not self._keep_rows and os.path.isfile(self.metrics_file_path):
             os.remove(self.metrics_file_path)
+
+    # Each file joins the run's record (utils.cli.record_output) before it is first written.
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        record_output(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE))
+        super().log_hparams(params)
+
+    def save(self) -> None:
+        if self.metrics:
+            record_output(self.metrics_file_path)
+        super().save()
 
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
         with open(self.metrics_file_path, newline="") as handle:
@@ -182,11 +193,18 @@ def build_loggers(output_dir: str, names: list[str] | None = None, offline: bool
         if name != "neptune":
             _require(name)
     tags = tags or []
+    # What the loggers write under output_dir joins the run's record before it is written.
     if versioned_csv:
         csv_logger = CSVLogger(save_dir=output_dir)
-    else:
+        if not os.path.isdir(csv_logger.root_dir):
+            record_output(csv_logger.root_dir, "folders")
+        record_output(csv_logger.log_dir, "trees")  # lightning_logs/version_N, the next free N
+    else:  # metrics.csv and hparams.yaml join the record when written (_RunWriter)
         csv_logger = RunCSVLogger(save_dir=output_dir, name="", version="", keep_rows=keep_metrics)
     loggers: list[Logger] = [csv_logger]
+    for name, tree in (("tensorboard", "tensorboard"), ("mlflow", "mlruns"), ("wandb", "wandb")):
+        if name in wanted:
+            record_output(os.path.join(output_dir, tree), "trees")  # as utils.cli.logger_trees says
     if "tensorboard" in wanted:
         loggers.append(TensorBoardLogger(save_dir=output_dir, name="tensorboard", version="",
                                          default_hp_metric=False))
@@ -227,7 +245,10 @@ def atomic_path(path: str):
     The temporary file is unique (``.NAME.XXXX.tmp`` beside ``path``), so two writers of
     one path never share it, and a crash or a failed write leaves ``path`` as it was
     (the previous file, or none). A write that fails is a UserError naming the file.
+    In a claimed output folder, ``path`` joins the run's record before it is written
+    (utils.cli.record_output), so --overwrite knows it as the run's.
     """
+    record_output(str(path))
     folder = os.path.dirname(os.path.abspath(path))
     try:
         handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")

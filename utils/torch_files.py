@@ -18,6 +18,10 @@ called unless it is on an allow-list of plain types (``ALLOWED``):
 
 With ``trust=True`` (--trust_checkpoint) a file is read with ``weights_only=False``: it
 may run code, so only for files one trusts. Missing classes still become placeholders.
+
+Data files that are pickles (the CIFAR batches) are read by ``load_data_pickle``, whose
+allow-list is narrower still: plain containers, numbers, strings, bytes and numpy's array
+rebuild, with no placeholders and no way to trust more.
 """
 from __future__ import annotations
 
@@ -226,13 +230,42 @@ def load_torch_file(path: str, map_location="cpu", trust: bool = False):
                       pickle_module=_pickle_module(_SafeUnpickler))
 
 
+def damaged_member(path: str) -> str | None:
+    """The integrity check of a file written by torch.save: its zip format keeps a CRC-32 of
+    every member (the pickle, each tensor's bytes), which torch.load does not verify, so a
+    damaged member would load as other weights. Returns what is wrong (the first member
+    whose bytes do not match their CRC-32, or the damage that stops the zip being read),
+    or None when the file is intact or in the legacy (pre-1.6, non-zip) format, which
+    keeps no checksums."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as error:
+        return f"its zip structure is damaged: {error}"
+    except OSError:
+        return None  # unreadable: torch.load's own error says so
+    except Exception as error:  # zlib and struct errors of a damaged member header
+        return f"its zip structure is damaged: {type(error).__name__}"
+    return f"its part {bad} does not match the checksum saved with it" if bad else None
+
+
 def read_torch_file(path: str | None, label: str, remedy: str, map_location="cpu", setting: str | None = None,
                     trust: bool = False):
     """torch.load ``path`` (see :func:`load_torch_file`); a missing, unreadable or untrusted
-    file is a UserError naming it by ``label`` (what the file is) and ending with ``remedy``
-    (what to give instead); ``setting`` is the parameter the path came from."""
+    file, a directory, or a file that fails its integrity check (:func:`damaged_member`) is
+    a UserError naming it by ``label`` (what the file is) and ending with ``remedy`` (what
+    to give instead); ``setting`` is the parameter the path came from."""
+    if path and os.path.isdir(path):
+        raise UserError(f"{label} {path!r} is a directory, not a file; {remedy}", setting=setting)
     if not path or not os.path.isfile(path):
         raise UserError(f"{label} {path!r} does not exist; {remedy}", setting=setting)
+    damaged = damaged_member(path)
+    if damaged:
+        raise UserError(f"{label} {path!r} is corrupted: {damaged}; use an intact copy of the file", setting=setting)
     try:
         return load_torch_file(path, map_location, trust)
     except UntrustedGlobal as refused:
@@ -242,6 +275,55 @@ def read_torch_file(path: str | None, label: str, remedy: str, map_location="cpu
     except Exception as error:
         raise UserError(f"{label} {path!r} could not be read ({type(error).__name__}); {remedy}",
                         setting=setting) from None
+
+
+# --------------------------------------------------------------------------------------
+# Data pickles (CIFAR batches): plain containers and numpy arrays, nothing else
+# --------------------------------------------------------------------------------------
+def _numpy_frombuffer_globals() -> dict[str, object]:
+    """numpy's protocol-5 array rebuild (``_frombuffer(buffer, dtype, shape, order)``)."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a requirement
+        return {}
+    core = getattr(np, "_core", None) or np.core
+    frombuffer = getattr(core.numeric, "_frombuffer", None)
+    if frombuffer is None:  # pragma: no cover - numpy < 1.16
+        return {}
+    return {f"{module}._frombuffer": frombuffer for module in ("numpy.core.numeric", "numpy._core.numeric")}
+
+
+@functools.lru_cache(maxsize=1)
+def _data_allowed() -> dict[str, object]:
+    """What a data pickle may name: plain containers and scalars (most need no global at
+    all), the bytes of Python 3's protocol-2 pickles (``_codecs.encode``) and numpy's
+    array, dtype and scalar rebuilds. Nothing of torch, no placeholders."""
+    import _codecs
+
+    plain = {f"builtins.{t.__name__}": t for t in (list, dict, tuple, set, frozenset, int, float, complex, str,
+                                                   bytes, bytearray, bool)}
+    return {**plain, "collections.OrderedDict": collections.OrderedDict, "_codecs.encode": _codecs.encode,
+            **_numpy_globals(), **_numpy_frombuffer_globals()}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Resolves globals only from :func:`_data_allowed`; any other (os.system, eval, a
+    class) raises UntrustedGlobal before anything is called."""
+
+    def find_class(self, module, name):
+        module, name = _python2_name(module, name)
+        full = f"{module}.{name}"
+        allowed = _data_allowed()
+        if full in allowed:
+            return allowed[full]
+        raise UntrustedGlobal(full)
+
+
+def load_data_pickle(file, encoding: str = "bytes"):
+    """Unpickle a data file (an open binary file) that may hold only plain containers,
+    numbers, strings, bytes and numpy arrays; runs nothing the file names. Raises
+    UntrustedGlobal for anything else, and pickle's own errors for a damaged file."""
+    return _DataUnpickler(file, encoding=encoding).load()
 
 
 def as_plain_dict(value) -> dict:
