@@ -65,8 +65,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     add("--offline", action="store_true", help="keep the loggers offline (Neptune's and W&B's offline modes)")
     add("--neptune_project", type=str, default=None, help="Neptune project (or the NEPTUNE_PROJECT variable)")
     add("--overwrite", action="store_true",
-        help="replace the previous run's files in --output_dir (without it, a folder that already holds a run is "
-             "refused)")
+        help="remove the files the previous run recorded in --output_dir/.vmdls-run.json, and nothing else, before "
+             "writing (without it, a folder that already holds a run is refused)")
     add("--trust_checkpoint", action="store_true",
         help="load checkpoint/weights files that need arbitrary Python objects (runs code from the file: only for "
              "files you trust)")
