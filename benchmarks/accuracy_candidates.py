@@ -119,7 +119,7 @@ def measure(args) -> list[dict]:
                      "accuracy_paper_rule": paper["accuracy"], "accuracy_mu_gaussians": latent["accuracy"],
                      "accuracy_h_linear": probe["accuracy"], "mean_auroc": paper["auroc"], "mean_fpr95": paper["fpr95"],
                      "mean_auroc_latent": latent["auroc"], "mean_fpr95_latent": latent["fpr95"],
-                     "probe_auroc_unchanged": abs(probe["auroc"] - paper["auroc"]) < 1e-9,
+                     "probe_auroc_unchanged": bool(abs(probe["auroc"] - paper["auroc"]) < 1e-9),
                      "train_seconds": harness.recorded_seconds(train), "sets": paper["sets"]})
     for step in reference:
         if not harness.step_done(step):
