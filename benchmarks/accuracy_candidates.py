@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# name -> (main.py flags added to the profile's, what it tries)
+# name -> (main.py flags, as pairs of flag and value, that replace the profile's; what it tries)
 CANDIDATES = {
     "paper": ([], "the profile's VMDLS model (the paper's MNIST hyperparameters)"),
     "latent128": (["--latent_dim", "128"], "a 4 times wider latent: mu keeps more of h's class information"),
@@ -58,23 +58,20 @@ def step_of(plan, seed: int, label: str):
     return next(s for s in plan.steps if s.seed == seed and s.setting == "fashion_mnist" and s.label == label)
 
 
-def _replace(argv: list[str], name: str, value: str) -> list[str]:
-    argv = list(argv)
-    argv[argv.index(name) + 1] = value
-    return argv
-
-
 def candidate_steps(harness, plan, seed: int, name: str, flags: list[str]):
     """The training step of a candidate and its two evaluations (the paper's rule, the probe)."""
     train, evaluate = step_of(plan, seed, "train VMDLS"), step_of(plan, seed, "evaluate VMDLS (+ untrained)")
     base = os.path.join(os.path.dirname(train.output_dir), "candidates", name)
     if flags:
         folder = os.path.join(base, "vmdls")
-        train = harness.Step("train", "main.py", _replace(train.argv, "--output_dir", folder) + flags, folder,
-                             f"train VMDLS ({name})", seed, train.setting, os.path.join(folder, "done.json"))
+        argv = harness._set(train.argv, "--output_dir", folder)
+        for flag, value in zip(flags[::2], flags[1::2]):
+            argv = harness._set(argv, flag, value)
+        train = harness.Step("train", "main.py", argv, folder, f"train VMDLS ({name})", seed, train.setting,
+                             os.path.join(folder, "done.json"))
     checkpoint = os.path.join(train.output_dir, "checkpoints", "last.ckpt")
     test_argv = [a for a in evaluate.argv if a != "--compare_untrained"]
-    test_argv = _replace(test_argv, "--checkpoint_path", checkpoint)
+    test_argv = harness._set(test_argv, "--checkpoint_path", checkpoint)
     evaluations = {}
     if not flags:  # the profile's own evaluation is the paper rule's, with the untrained reference beside it
         evaluations["gaussians"] = evaluate
@@ -83,7 +80,7 @@ def candidate_steps(harness, plan, seed: int, name: str, flags: list[str]):
             continue
         folder = os.path.join(base, f"eval_{classifier}")
         evaluations[classifier] = harness.Step(
-            "test", "test.py", _replace(test_argv, "--output_dir", folder) + ["--classifier", classifier], folder,
+            "test", "test.py", harness._set(test_argv, "--output_dir", folder) + ["--classifier", classifier], folder,
             f"evaluate ({name}, {classifier})", seed, train.setting, os.path.join(folder, "summary.csv"),
             list(evaluate.unknown), {"vmdls": train})
     return train, evaluations
