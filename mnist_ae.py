@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 
-from utils.autoencoder_training import announce_checkpoint, build_autoencoder_parser, train_autoencoder
+from experiments.autoencoders import announce_checkpoint, build_mnist_ae_parser, train_autoencoder
 from utils.cli import run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return build_autoencoder_parser(__doc__, known_dataset="mnist", data_transforms="mnist", latent_dim=32,
-                                    max_epochs=50)
+    return build_mnist_ae_parser(__doc__)
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -46,32 +46,36 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def standard_plan(args):
-    from benchmarks import ood_benchmark as harness
+    from experiments.benchmark.cli import parse
+    from experiments.benchmark.plan import build_plan
+    from experiments.benchmark.profiles import PROFILES
 
-    bench_args = harness.parse(["--profile", "standard", "--data_dir", args.data_dir, "--output_dir",
-                                args.output_dir, "--seeds", str(args.seed + 1), "--accelerator", args.accelerator])
-    settings = harness.PROFILES["standard"](bench_args)
-    return harness, harness.build_plan(bench_args, settings)
+    bench_args = parse(["--profile", "standard", "--data_dir", args.data_dir, "--output_dir", args.output_dir,
+                        "--seeds", str(args.seed + 1), "--accelerator", args.accelerator])
+    return build_plan(bench_args, PROFILES["standard"](bench_args))
 
 
 def step_of(plan, seed: int, label: str):
     return next(s for s in plan.steps if s.seed == seed and s.setting == "fashion_mnist" and s.label == label)
 
 
-def candidate_steps(harness, plan, seed: int, name: str, flags: list[str]):
+def candidate_steps(plan, seed: int, name: str, flags: list[str]):
     """The training step of a candidate and its two evaluations (the paper's rule, the probe)."""
+    from experiments.benchmark.original import set_flag
+    from experiments.benchmark.plan import Step
+
     train, evaluate = step_of(plan, seed, "train VMDLS"), step_of(plan, seed, "evaluate VMDLS (+ untrained)")
     base = os.path.join(os.path.dirname(train.output_dir), "candidates", name)
     if flags:
         folder = os.path.join(base, "vmdls")
-        argv = harness._set(train.argv, "--output_dir", folder)
+        argv = set_flag(train.argv, "--output_dir", folder)
         for flag, value in zip(flags[::2], flags[1::2]):
-            argv = harness._set(argv, flag, value)
-        train = harness.Step("train", "main.py", argv, folder, f"train VMDLS ({name})", seed, train.setting,
-                             os.path.join(folder, "done.json"))
+            argv = set_flag(argv, flag, value)
+        train = Step("train", "main.py", argv, folder, f"train VMDLS ({name})", seed, train.setting,
+                     os.path.join(folder, "done.json"))
     checkpoint = os.path.join(train.output_dir, "checkpoints", "last.ckpt")
     test_argv = [a for a in evaluate.argv if a != "--compare_untrained"]
-    test_argv = harness._set(test_argv, "--checkpoint_path", checkpoint)
+    test_argv = set_flag(test_argv, "--checkpoint_path", checkpoint)
     evaluations = {}
     if not flags:  # the profile's own evaluation is the paper rule's, with the untrained reference beside it
         evaluations["gaussians"] = evaluate
@@ -79,8 +83,8 @@ def candidate_steps(harness, plan, seed: int, name: str, flags: list[str]):
         if classifier in evaluations:
             continue
         folder = os.path.join(base, f"eval_{classifier}")
-        evaluations[classifier] = harness.Step(
-            "test", "test.py", harness._set(test_argv, "--output_dir", folder) + ["--classifier", classifier], folder,
+        evaluations[classifier] = Step(
+            "test", "test.py", set_flag(test_argv, "--output_dir", folder) + ["--classifier", classifier], folder,
             f"evaluate ({name}, {classifier})", seed, train.setting, os.path.join(folder, "summary.csv"),
             list(evaluate.unknown), {"vmdls": train})
     return train, evaluations
@@ -96,18 +100,22 @@ def summary_means(path: str, method: str) -> dict:
 
 
 def measure(args) -> list[dict]:
-    harness, plan = standard_plan(args)
-    log = harness.Clock()
-    harness.materialise(plan, args.data_dir, log)
-    reference = [step_of(plan, args.seed, label) for label in ("train cross-entropy", "evaluate cross-entropy baselines")]
+    from experiments.benchmark.data import materialise
+    from experiments.benchmark.runner import Clock, recorded_seconds, run_step, step_done
+
+    plan = standard_plan(args)
+    log = Clock()
+    materialise(plan, args.data_dir, log)
+    reference = [step_of(plan, args.seed, label)
+                 for label in ("train cross-entropy", "evaluate cross-entropy baselines")]
     rows = []
     for name in args.candidates:
         flags, why = CANDIDATES[name]
-        train, evaluations = candidate_steps(harness, plan, args.seed, name, flags)
+        train, evaluations = candidate_steps(plan, args.seed, name, flags)
         for step in (train, *evaluations.values()):
-            if not harness.step_done(step):
+            if not step_done(step):
                 log(f"{step.label}: {step.command()}")
-                seconds = harness.run_step(step)
+                seconds = run_step(step)
                 log(f"{step.label}: {seconds:.0f} s")
         paper = summary_means(evaluations["gaussians"].done_file, "vmdls")
         latent = summary_means(evaluations["gaussians"].done_file, "vmdls_latent")
@@ -117,11 +125,11 @@ def measure(args) -> list[dict]:
                      "accuracy_h_linear": probe["accuracy"], "mean_auroc": paper["auroc"], "mean_fpr95": paper["fpr95"],
                      "mean_auroc_latent": latent["auroc"], "mean_fpr95_latent": latent["fpr95"],
                      "probe_auroc_unchanged": bool(abs(probe["auroc"] - paper["auroc"]) < 1e-9),
-                     "train_seconds": harness.recorded_seconds(train), "sets": paper["sets"]})
+                     "train_seconds": recorded_seconds(train), "sets": paper["sets"]})
     for step in reference:
-        if not harness.step_done(step):
+        if not step_done(step):
             log(f"{step.label}: {step.command()}")
-            harness.run_step(step)
+            run_step(step)
     ce = {method: summary_means(reference[1].done_file, method) for method in ("msp", "vim", "knn")}
     rows.append({"candidate": "cross-entropy", "flags": "main.py --objective ce", "tries": "the reference",
                  "accuracy_paper_rule": ce["msp"]["accuracy"], "best_baseline_auroc": max(
@@ -148,7 +156,7 @@ def main(argv=None) -> list[dict]:
     args = parse(argv)
     start = time.perf_counter()
     rows = measure(args)
-    from benchmarks.ood_benchmark import write_json
+    from experiments.benchmark.runner import write_json
 
     out = os.path.abspath(args.output_dir)
     write_json(os.path.join(out, "accuracy_candidates.json"), rows)

@@ -33,7 +33,8 @@ def main() -> None:
     labels = rng.integers(0, args.classes + 1, size=args.n)
     known = labels < args.classes
     scores = rng.normal(size=args.n) + known
-    pred = np.where(rng.random(args.n) < 0.9, np.minimum(labels, args.classes - 1), rng.integers(0, args.classes, args.n))
+    pred = np.where(rng.random(args.n) < 0.9, np.minimum(labels, args.classes - 1),
+                    rng.integers(0, args.classes, args.n))
 
     start = time.perf_counter()
     ood_metrics(scores, pred, labels, args.classes)

@@ -77,7 +77,8 @@ def main(out_dir: str, extra: list[str]) -> int:
         record = run(argv, log_dir, name)
         record["note"] = note
         if kind == "train" and record["rc"] == 0:
-            shutil.copy(os.path.join(ROOT, "runs", name, "checkpoints", "last.ckpt"), os.path.join(ROOT, checkpoint_name))
+            shutil.copy(os.path.join(ROOT, "runs", name, "checkpoints", "last.ckpt"),
+                        os.path.join(ROOT, checkpoint_name))
         if kind == "test" and record["rc"] == 0:
             record["results"] = json.load(open(os.path.join(ROOT, "runs", name, "results.json")))
         records.append(record)

@@ -1,7 +1,8 @@
 """The KL prior, measured: where its class means come from and when it starts.
 
 Trains mnist-conv on a Fashion-MNIST quick budget once per variant (same seed, data,
-schedule and batches), evaluates each with test.py against MNIST, and prints one table:
+schedule and batches; main.py's run, experiments.training), evaluates each as test.py does
+(experiments.evaluation) against MNIST, and prints one table:
 the latent at the last epoch (class-mean separation of mu over the sampling std, the
 within-class spread), the mu-Gaussian validation accuracy, and test.py's closed-set
 accuracy, AUROC and FPR at 95% TPR, beside the untrained reference of the same run.
@@ -47,27 +48,16 @@ def parse() -> argparse.Namespace:
 def write_subsets(data_dir: str, output_dir: str, train: int, test: int) -> tuple[str, str]:
     """idx: folders holding the first images of Fashion-MNIST (train and test) and MNIST (test)."""
     from datasets.sources import load_idx_pair
-
-    def write(path, array):
-        import gzip
-        import struct
-
-        import numpy as np
-
-        array = np.ascontiguousarray(array, dtype=np.uint8)
-        header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(">" + "i" * array.ndim, *array.shape)
-        with gzip.open(path, "wb") as handle:
-            handle.write(header + array.tobytes())
+    from experiments.benchmark.data import write_idx
 
     known, unknown = os.path.join(output_dir, "data", "fmnist"), os.path.join(output_dir, "data", "mnist")
     for folder, source, splits in ((known, "FashionMNIST", (("train", train), ("t10k", test))),
                                    (unknown, "MNIST", (("t10k", test),))):
-        os.makedirs(folder, exist_ok=True)
         for prefix, count in splits:
             images, labels = load_idx_pair(os.path.join(data_dir, source, "raw", f"{prefix}-images-idx3-ubyte.gz"),
                                            os.path.join(data_dir, source, "raw", f"{prefix}-labels-idx1-ubyte.gz"))
-            write(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"), images[:count].squeeze(1).numpy())
-            write(os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"), labels[:count].numpy())
+            write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte.gz"), images[:count].squeeze(1).numpy())
+            write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte.gz"), labels[:count].numpy())
     return known, unknown
 
 
@@ -82,18 +72,18 @@ def last_epoch(metrics_csv: str) -> dict:
 
 def main() -> None:
     args = parse()
-    import main as train_script
-    import test as test_script
+    from experiments.benchmark.calls import evaluate_step, train_step
 
     known, unknown = write_subsets(args.data_dir, args.output_dir, args.train_images, args.test_images)
-    common = ["--known_dataset", f"idx:{os.path.abspath(known)}", "--unknown_dataset", f"idx:{os.path.abspath(unknown)}", "--accelerator", args.accelerator, "--num_workers",
+    common = ["--known_dataset", f"idx:{os.path.abspath(known)}", "--unknown_dataset",
+              f"idx:{os.path.abspath(unknown)}", "--accelerator", args.accelerator, "--num_workers",
               str(args.num_workers), "--seed", str(args.seed), "--logger", "csv", "--offline",
               "--class_num", "10", "--input_height", "28", "--batch_size", "1000"]
     rows = []
     for index, (prior, generation_epoch) in enumerate(VARIANTS):
         out = os.path.join(args.output_dir, f"{prior}-gen{generation_epoch}")
         start = time.perf_counter()
-        checkpoint = train_script.main(common + [
+        checkpoint = train_step(common + [
             "--enc_type", "mnist-conv", "--enc_out_dim", "500", "--latent_dim", "32", "--data_transforms", "mnist",
             "--opt", "adam", "--lr", "0.001", "--kl_coeff", "0.1", "--batch_classes", "10", "--sample_count", "16",
             "--margins_epoch", "1", "--margin_jump", "1.0", "--lower_bound", "0.05",
@@ -101,9 +91,9 @@ def main() -> None:
             "--max_epochs", str(args.epochs), "--limit_train_batches", str(args.limit_train_batches),
             "--output_dir", os.path.join(out, "train")])
         train_s = time.perf_counter() - start
-        results = test_script.main(common + ["--checkpoint_path", checkpoint, "--data_transforms", "blob",
-                                             "--output_dir", os.path.join(out, "test")]
-                                   + (["--compare_untrained"] if index == 0 else []))
+        results = evaluate_step(common + ["--checkpoint_path", checkpoint, "--data_transforms", "blob",
+                                          "--output_dir", os.path.join(out, "test")]
+                                + (["--compare_untrained"] if index == 0 else [])).results
         latent = last_epoch(os.path.join(out, "train", "metrics.csv"))
         rows.append({"prior_means": prior, "generation_epoch": generation_epoch, "train_s": train_s, **latent,
                      "separation_over_std": latent["latent_class_separation"] / latent["latent_sampling_std"],

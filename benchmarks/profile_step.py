@@ -24,6 +24,7 @@ import torch  # noqa: E402
 
 import main as train_script  # noqa: E402
 import throughput  # noqa: E402
+from models.kinds import KINDS  # noqa: E402
 from utils.cli import run_main  # noqa: E402
 
 # (file suffix, function name) -> what the row is
@@ -41,7 +42,7 @@ PIECES = {
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--objective", default="vmdls", choices=("vmdls", "ce"))
+    parser.add_argument("--objective", default="vmdls", choices=tuple(KINDS))
     parser.add_argument("--enc_type", default=throughput.TINY)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--sample_count", type=int, default=4)

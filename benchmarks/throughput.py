@@ -49,12 +49,13 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+import experiments.training as training  # noqa: E402
 import main as train_script  # noqa: E402
 import test as test_script  # noqa: E402
 from models import backbones  # noqa: E402
 from models.speed import autocast, autocast_dtype, channels_last_pays  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.loggers import write_json  # noqa: E402
+from utils.run_folder import write_json  # noqa: E402
 
 TINY = "tiny-conv"
 GREY_28 = ("mnist-conv", TINY)
@@ -75,9 +76,13 @@ class TinyConv(nn.Module):
 
 
 def register_tiny() -> None:
+    """Add tiny-conv to the backbone registry and to --enc_type's choices (main.py's and
+    test.py's parsers read utils.flags.ENC_TYPES when they are built)."""
+    from utils import flags
+
     backbones.BACKBONES[TINY] = TinyConv
-    backbones._FEATURE_DIMS[TINY] = 16
-    backbones._TAP_DIMS[TINY] = (16, 16, 16)
+    if TINY not in flags.ENC_TYPES:
+        flags.ENC_TYPES = (*flags.ENC_TYPES, TINY)
 
 
 def device_name(accelerator: str) -> str:
@@ -204,7 +209,7 @@ def timed_training(argv: list[str], breakdown: dict | None = None) -> tuple[str,
     import pytorch_lightning as pl
 
     timer = EpochTimer()
-    build = train_script.build_callbacks
+    build = training.build_callbacks
 
     def with_timer(*a, **k):
         callbacks, checkpoint = build(*a, **k)
@@ -237,11 +242,11 @@ def timed_training(argv: list[str], breakdown: dict | None = None) -> tuple[str,
         timed(VMDLS, "training_step", "step_s", count=True)
         timed(pl.LightningModule, "log", "logging_s")
         timed(pl.LightningModule, "log_dict", "logging_s")
-    train_script.build_callbacks = with_timer
+    training.build_callbacks = with_timer
     try:
         last = train_script.main(argv)
     finally:
-        train_script.build_callbacks = build
+        training.build_callbacks = build
         for owner, name, original in patched:
             setattr(owner, name, original)
     return last, timer
@@ -251,7 +256,7 @@ def step_pieces(class_num: int, batch_classes: int, sample_count: int, latent_di
     """Microseconds per call of the VMDLS step's own pieces on the CPU, on one batch of the
     benchmark's shape: the metric loss, the class KL, the statistics update (first epoch,
     and later epochs, which also score mu for the bounds). Best of 7 runs of 200 calls."""
-    from models.gaussians import LabelLayout
+    from models.class_statistics import LabelLayout
     from models.losses import class_kl_loss
     from models.vmdls import VMDLS
 
@@ -299,22 +304,24 @@ def steady(times: list[float]) -> float:
 
 def timed_evaluation(argv: list[str], device: torch.device) -> float:
     """test.py's run; the seconds of its evaluation (fit, passes, scores)."""
+    import models.evaluation
+
     seconds: list[float] = []
-    evaluate_sets = test_script.evaluate_sets
+    evaluate = models.evaluation.evaluate
 
     def timed(*a, **k):
         sync(device)
         start = time.perf_counter()
-        out = evaluate_sets(*a, **k)
+        out = evaluate(*a, **k)
         sync(device)
         seconds.append(time.perf_counter() - start)
         return out
 
-    test_script.evaluate_sets = timed
+    models.evaluation.evaluate = timed
     try:
         test_script.main(argv)
     finally:
-        test_script.evaluate_sets = evaluate_sets
+        models.evaluation.evaluate = evaluate
     return seconds[0]
 
 
@@ -323,17 +330,17 @@ def plain_forward_seconds(checkpoint: str, argv: list[str], device: torch.device
     """Forward passes of the trained network (mu) over the images test.py evaluates (the
     known training set, the known test set, the unknown set), preprocessed and held on the
     device, in batches of --batch_size; the best of ``repeats``."""
-    from models.checkpoints import load_vmdls, read_checkpoint
+    from models.checkpoints import load_model, read_checkpoint
+    from models.run_settings import evaluation_settings
 
     args = test_script.build_parser().parse_args(argv)
     record = read_checkpoint(checkpoint)
-    args = test_script.resolve_settings(args, set(), record)
+    args = evaluation_settings(args, set(), record)
     from datasets import KnownUnknownDataModule
 
     datamodule = KnownUnknownDataModule.from_args(args)
     datamodule.setup("test")
-    model, _ = load_vmdls(record, {})
-    model = model.to(device).eval()
+    model = load_model(record).to(device)
     if channels_last_pays(device.type, precision):  # as test.py's evaluation does
         model.use_channels_last()
     loaders = [datamodule.fit_dataloader(), datamodule.known_test_dataloader(),

@@ -10,28 +10,11 @@ import torch
 from torch.utils.data import BatchSampler, ConcatDataset, DataLoader, Dataset, DistributedSampler
 
 from utils.errors import UserError
-
-from .images import ImageDataset, fit_to_shape
-from utils.flags import split_names
+from utils.names import split_names
 
 from .registry import get_known_dataset, get_unknown_dataset
 from .sampler import BalancedBatchSampler
 from .transforms import BatchTransform, normalization_for
-
-
-class _Resized(ImageDataset):
-    """A view of an image dataset with every image resized to ``image_shape``."""
-
-    def __init__(self, base: ImageDataset, image_shape):
-        self.base = base
-        self.image_shape = tuple(int(s) for s in image_shape)
-        self.targets = base.targets
-        self.num_classes = base.num_classes
-        self.name = getattr(base, "name", "")
-
-    def __getitem__(self, index):
-        x, y = self.base[index]
-        return fit_to_shape(x, self.image_shape), y
 
 
 class KnownUnknownDataModule(pl.LightningDataModule):
@@ -55,9 +38,8 @@ class KnownUnknownDataModule(pl.LightningDataModule):
     The LightningModule must not override ``on_after_batch_transfer`` itself.
 
     The known images keep their own size: ``input_height`` is only recorded (the
-    caller checks it against :attr:`image_shape`), unless ``resize_known=True``, which
-    resizes known images to ``input_height x input_height``. The unknown set is always
-    brought to the known set's shape.
+    caller checks it against :attr:`image_shape`). The unknown sets are brought to the
+    known set's shape.
 
     The training sampler shards batches across DDP processes itself (the shuffled one
     through a :class:`DistributedSampler`), so the Trainer must be built with
@@ -79,17 +61,16 @@ class KnownUnknownDataModule(pl.LightningDataModule):
         self,
         known_dataset: str = "mnist",
         unknown_dataset: str = "omniglot",
-        data_dir: str = "./data",
+        data_dir: str = ".",
         class_num: int = 10,
         data_transforms: str = "mnist",
         input_height: int = 28,
         batch_classes: int = 10,
         sample_count: int = 40,
         batch_size: int = 256,
-        num_workers: Optional[int] = None,
+        num_workers: int = min(8, os.cpu_count() or 1),
         seed: int = 0,
         download: bool = True,
-        resize_known: bool = False,
         shuffled_batches: bool = False,
     ):
         super().__init__()
@@ -102,16 +83,6 @@ class KnownUnknownDataModule(pl.LightningDataModule):
                 f"batch_size must be a positive whole number (got {batch_size!r}): set batch_size to e.g. 256.",
                 setting="batch_size",
             )
-        if input_height is not None and (
-            isinstance(input_height, bool) or not isinstance(input_height, int) or input_height < 1
-        ):
-            raise UserError(
-                f"input_height must be a positive whole number (got {input_height!r}): "
-                "set input_height to e.g. 28.",
-                setting="input_height",
-            )
-        if num_workers is None:
-            num_workers = min(4, os.cpu_count() or 1)
         if num_workers < 0:
             raise UserError(
                 f"num_workers must be 0 or more (got {num_workers}): set num_workers to e.g. 4.",
@@ -130,20 +101,13 @@ class KnownUnknownDataModule(pl.LightningDataModule):
         self.batch_classes = batch_classes
         self.sample_count = sample_count
         self.batch_size = batch_size
-        self.num_workers = int(num_workers)
-        self.seed = int(seed)
-        self.download = bool(download)
-        self.resize_known = bool(resize_known)
-        self.shuffled_batches = bool(shuffled_batches)
-        if self.resize_known and input_height is None:
-            raise UserError(
-                "resize_known needs an input_height to resize the known images to: set input_height to e.g. 32.",
-                setting="input_height",
-            )
+        self.num_workers = num_workers
+        self.seed = seed
+        self.download = download
+        self.shuffled_batches = shuffled_batches
 
         self.train_set: Optional[Dataset] = None
         self.known_test_set: Optional[Dataset] = None
-        self.unknown_test_set: Optional[Dataset] = None
         self.unknown_test_sets: dict[str, Dataset] = {}
         self.test_set: Optional[ConcatDataset] = None
         self.train_transform: Optional[BatchTransform] = None
@@ -172,9 +136,6 @@ class KnownUnknownDataModule(pl.LightningDataModule):
         train = get_known_dataset(self.known_dataset, self.data_dir, self.class_num, True, self.download)
         known_test = get_known_dataset(self.known_dataset, self.data_dir, self.class_num, False, self.download)
         shape = tuple(train.image_shape)
-        if self.resize_known and shape[1:] != (self.input_height, self.input_height):
-            shape = (shape[0], self.input_height, self.input_height)
-            train, known_test = _Resized(train, shape), _Resized(known_test, shape)
         self.unknown_test_sets = {
             name: get_unknown_dataset(name, self.data_dir, self.class_num, shape, train=False, seed=self.seed,
                                       download=self.download)
@@ -184,7 +145,6 @@ class KnownUnknownDataModule(pl.LightningDataModule):
         self.train_transform = BatchTransform(self.data_transforms, shape, train=True)
         self.eval_transform = BatchTransform(self.data_transforms, shape, train=False)
         self.known_test_set = known_test
-        self.unknown_test_set = unknown
         self.test_set = ConcatDataset([known_test, unknown])
         self.train_set = train  # last: marks setup as done
 

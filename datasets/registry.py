@@ -500,11 +500,11 @@ def get_known_dataset(
     ``num_classes`` (= class_num); items are ``(float32 image in [0, 1], int label)``.
     """
     class_num = _check_class_num(class_num)
-    data_dir = os.path.expanduser(str(data_dir))
+    data_dir = os.path.expanduser(data_dir)
     if isinstance(name, str) and name.startswith(IDX_PREFIX):
-        return _idx_known(name[len(IDX_PREFIX):], data_dir, class_num, bool(train))
+        return _idx_known(name[len(IDX_PREFIX):], data_dir, class_num, train)
     if isinstance(name, str) and name.startswith(FOLDER_PREFIX):
-        return _folder_known(name[len(FOLDER_PREFIX):], data_dir, class_num, bool(train))
+        return _folder_known(name[len(FOLDER_PREFIX):], data_dir, class_num, train)
     entry = _entry(name, "known_dataset")
     if entry.known is None:
         raise UserError(
@@ -512,7 +512,7 @@ def get_known_dataset(
             f"{', '.join(known_dataset_names())}.",
             setting="known_dataset",
         )
-    return entry.known(data_dir, class_num, bool(train), bool(download))
+    return entry.known(data_dir, class_num, train, download)
 
 
 def get_unknown_dataset(
@@ -533,11 +533,11 @@ def get_unknown_dataset(
     """
     class_num = _check_class_num(class_num)
     image_shape = check_image_shape(image_shape)
-    data_dir = os.path.expanduser(str(data_dir))
+    data_dir = os.path.expanduser(data_dir)
     if isinstance(name, str) and name.startswith(IDX_PREFIX):
-        return _idx_unknown(name[len(IDX_PREFIX):], data_dir, class_num, image_shape, bool(train))
+        return _idx_unknown(name[len(IDX_PREFIX):], data_dir, class_num, image_shape, train)
     if isinstance(name, str) and name.startswith(FOLDER_PREFIX):
-        return _folder_unknown(name[len(FOLDER_PREFIX):], data_dir, class_num, image_shape, bool(train))
+        return _folder_unknown(name[len(FOLDER_PREFIX):], data_dir, class_num, image_shape, train)
     entry = _entry(name, "unknown_dataset")
     if entry.unknown is None:
         raise UserError(
@@ -545,4 +545,4 @@ def get_unknown_dataset(
             f"{', '.join(unknown_dataset_names())}.",
             setting="unknown_dataset",
         )
-    return entry.unknown(data_dir, class_num, image_shape, bool(train), int(seed), bool(download))
+    return entry.unknown(data_dir, class_num, image_shape, train, seed, download)

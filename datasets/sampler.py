@@ -114,7 +114,6 @@ class BalancedBatchSampler(Sampler[list[int]]):
             raise ValueError(f"rank {self.rank} is not in [0, {self.num_replicas})")
 
         arr = _as_label_array(labels)
-        self.num_items = int(arr.size)
         classes, inverse = np.unique(arr, return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         counts = np.bincount(inverse, minlength=len(classes))

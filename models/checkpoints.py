@@ -1,5 +1,7 @@
-"""Reading VMDLS checkpoints: ours, and the original implementation's (Lightning 1.1);
-and the cross-entropy baseline's (``main.py --objective ce``, :func:`checkpoint_kind`).
+"""Checkpoints: reading them (ours, the original implementation's of Lightning 1.1, and the
+cross-entropy baseline's), writing them (:class:`AtomicCheckpointIO`), and the model one
+holds: :func:`checkpoint_kind`, :func:`load_model`, :func:`untrained_model`, and
+:func:`build_model`, which builds every model of a run, trained, loaded or untrained.
 
 A checkpoint holds the model's own hyperparameters (``hyper_parameters``) and, since the
 data module records its settings, the data settings (``datamodule_hyper_parameters``).
@@ -9,13 +11,23 @@ read from there, and keys the model does not take are ignored.
 """
 from __future__ import annotations
 
+import math
+import os
+import time
+from typing import TYPE_CHECKING
+
 import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 
-from models.classifier import CrossEntropyClassifier
-from models.vmdls import VMDLS
+from models.kinds import CE_KIND, KINDS, VMDLS_KIND, model_class
 from utils.errors import UserError
 from utils.torch_files import as_plain_dict, read_torch_file
+
+if TYPE_CHECKING:
+    from models.classifier import CrossEntropyClassifier
+    from models.vmdls import VMDLS
+
+    Model = VMDLS | CrossEntropyClassifier
 
 # Keys of the original's checkpoints that this implementation does not hold: the CIFAR-10
 # autoencoder it always embedded (the autoencoder is a separate checkpoint here) and the
@@ -58,7 +70,7 @@ def check_optimizer_states(checkpoint: dict, path: str, setting: str = "checkpoi
                 yield from tensors(item, f"{where}.{index}")
 
     for where, tensor in tensors(checkpoint.get("optimizer_states") or [], "optimizer_states"):
-        kind = _non_finite(tensor)
+        kind = non_finite_kind(tensor)
         if kind:
             raise UserError(f"checkpoint {path!r} holds {'NaN' if kind == 'nan' else 'infinite'} values in its "
                             f"optimiser state ({where}), so the run cannot be resumed from it; give a checkpoint of "
@@ -67,7 +79,7 @@ def check_optimizer_states(checkpoint: dict, path: str, setting: str = "checkpoi
 
 # ------------------------------------------------------------------ non-finite values
 
-def _non_finite(tensor) -> str | None:
+def non_finite_kind(tensor) -> str | None:
     """"nan" or "inf" when ``tensor`` holds one (NaN first), else None."""
     if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.numel() == 0:
         return None
@@ -93,11 +105,30 @@ def non_finite_state(named_tensors) -> tuple[str, str] | None:
             if tensor.is_floating_point() and bool(torch.isnan(tensor).any()):
                 return name, "nan"
             continue
-        kind = _non_finite(tensor)
+        kind = non_finite_kind(tensor)
         if kind:
             return name, kind
     return None
 
+
+class TrainingDiverged(UserError):
+    """A NaN or infinite loss, weight or class statistic: the run stops, in one sentence."""
+
+
+def divergence_message(what: str, kind: str, epoch: int, step: int, lr: float | None,
+                       lr_flag: str = "lr") -> str:
+    rate = f" (learning rate {lr:g})" if lr is not None else ""
+    return (f"training diverged: {what} is {kind} at epoch {epoch}, step {step}{rate}; lower `{lr_flag}` (the run "
+            "stopped there, and no checkpoint of the diverged model was written)")
+
+
+def describe_tensor(name: str) -> str:
+    """How a divergence sentence names a tensor of the model's state."""
+    statistic = name.startswith(("class_", "latent_", "epoch_stats", "latent_stats"))
+    return f"the class statistic {name}" if statistic else f"the weight {name}"
+
+
+# ------------------------------------------------------------------ checkpoint files
 
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint reader for resuming (main.py --checkpoint_path): reads through
@@ -114,6 +145,52 @@ class SafeCheckpointIO(TorchCheckpointIO):
         return read_torch_file(str(path), "checkpoint", "give one written by main.py", setting="checkpoint_path",
                                trust=self.trust, map_location=map_location)
 
+
+class AtomicCheckpointIO(SafeCheckpointIO):
+    """The scripts' checkpoint reader and writer. Reading is SafeCheckpointIO's (no code runs
+    from the file unless trusted). Writing goes to a unique temporary file beside the target
+    that replaces it only once complete, so a killed run leaves the previous checkpoint
+    readable; a checkpoint whose weights or statistics are NaN or infinite is never written
+    (TrainingDiverged); a failed write is a UserError. ``wrote(path)`` says whether this
+    run wrote ``path`` since the object was made (in this process, or in the processes
+    ddp_spawn starts, which write from a copy of it)."""
+
+    def __init__(self, trust: bool = False):
+        super().__init__(trust)
+        self._written: set[str] = set()
+        self._since_ns = time.time_ns()
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        from utils.run_folder import atomic_path
+
+        found = non_finite_state((checkpoint.get("state_dict") or {}).items())
+        if found:
+            name, kind = found
+            lr = None
+            for state in checkpoint.get("optimizer_states") or []:
+                groups = state.get("param_groups") if isinstance(state, dict) else None
+                if groups:
+                    lr = float(groups[0].get("lr", math.nan))
+                    break
+            raise TrainingDiverged(divergence_message(describe_tensor(name), kind, int(checkpoint.get("epoch", 0)),
+                                                      int(checkpoint.get("global_step", 0)), lr))
+        path = str(path)
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot save the checkpoint {path} ({error.strerror or error}); pick a writable "
+                            "`output_dir`", setting="output_dir")
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options=storage_options)
+        self._written.add(os.path.abspath(path))
+
+    def wrote(self, path: str) -> bool:
+        if not os.path.isfile(path):
+            return False
+        return os.path.abspath(path) in self._written or os.stat(path).st_mtime_ns >= self._since_ns
+
+
+# ------------------------------------------------------------------ what a checkpoint records
 
 # The data settings test.py takes from a checkpoint unless given on its command line.
 DATA_SETTINGS = ("known_dataset", "unknown_dataset", "data_transforms", "data_dir")
@@ -134,51 +211,6 @@ def checkpoint_data_settings(checkpoint: dict) -> dict:
     return {name: hparams[name] for name in DATA_SETTINGS if name in hparams}
 
 
-# The trainer flags that define the epochs a run trains: how many training and validation
-# batches each epoch has, and the arithmetic. A resumed run keeps them (utils.cli.resume_settings:
-# restored when not given, refused when given otherwise); --max_epochs and --max_steps may grow
-# to train longer, and the devices, workers and strategy follow the machine.
-TRAINER_SETTINGS = ("limit_train_batches", "limit_val_batches", "precision")
-TRAINER_SETTINGS_KEY = "trainer_settings"  # where main.py's checkpoints record them (models.callbacks)
-
-# Lightning's short precision names and the full ones they stand for.
-_PRECISION_ALIASES = {"64": "64-true", "32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
-
-
-def normal_trainer_setting(name: str, value):
-    """A trainer setting in one spelling, so that equal settings compare equal: a batch limit
-    not given (None) is Lightning's 1.0 (every batch); a precision is its full name."""
-    if name.startswith("limit_"):
-        return 1.0 if value is None else value
-    if name == "precision":
-        text = str(value)
-        return _PRECISION_ALIASES.get(text, text)
-    return value
-
-
-def trainer_settings(args) -> dict:
-    """The run's :data:`TRAINER_SETTINGS` (parsed flags), as a checkpoint records them."""
-    return {name: normal_trainer_setting(name, getattr(args, name, None)) for name in TRAINER_SETTINGS}
-
-
-def checkpoint_trainer_settings(checkpoint: dict, path: str | None = None) -> dict:
-    """The trainer settings of the run that wrote ``checkpoint``: its record, or, for a
-    checkpoint of main.py written before it recorded them, the args.json that main.py wrote
-    beside its ``checkpoints/`` folder; empty when neither is there (the original's files)."""
-    recorded = checkpoint.get(TRAINER_SETTINGS_KEY)
-    if not isinstance(recorded, dict) and path:
-        import os
-
-        from utils.loggers import read_json
-
-        folder = os.path.dirname(os.path.abspath(path))
-        if os.path.basename(folder) == "checkpoints":
-            recorded = read_json(os.path.join(os.path.dirname(folder), "args.json"))
-    if not isinstance(recorded, dict):
-        return {}
-    return {name: normal_trainer_setting(name, recorded[name]) for name in TRAINER_SETTINGS if name in recorded}
-
-
 def checkpoint_seed(checkpoint: dict, default: int = 0) -> int:
     """The --seed of the run that wrote the checkpoint (``default`` when it was not kept)."""
     for record in (checkpoint_data_settings(checkpoint), checkpoint_hparams(checkpoint)):
@@ -187,21 +219,69 @@ def checkpoint_seed(checkpoint: dict, default: int = 0) -> int:
     return default
 
 
-def build_vmdls(checkpoint: dict, overrides: dict | None = None) -> VMDLS:
-    """The model a checkpoint's hyperparameters describe (``overrides`` win), freshly initialised."""
-    own = VMDLS.hyperparameter_names()
-    hparams = {k: v for k, v in {**checkpoint_hparams(checkpoint), **(overrides or {})}.items() if k in own}
-    return VMDLS(**hparams)
+# ------------------------------------------------------------------ the model of a checkpoint
+
+def checkpoint_kind(checkpoint: dict, setting: str = "checkpoint_path") -> str:
+    """Which kind of model (models.kinds) a checkpoint holds.
+
+    "ce" when the hyperparameters say ``objective: ce``, or when the weights hold the
+    classifier's head and not VMDLS's; "vmdls" when the weights hold VMDLS's head or the
+    hyperparameters name no objective (the original's checkpoints, and ours before the
+    baseline existed). Anything else is a UserError (``setting``: the setting that gave it).
+    """
+    hparams = checkpoint_hparams(checkpoint)
+    state = checkpoint.get("state_dict") or {}
+    if "arch" in hparams and any(key.startswith("net.decoder.") for key in state):
+        raise UserError("the checkpoint is an autoencoder's (from mnist_ae.py or train_resnet_ae.py), not a trained "
+                        "model; pass it to test.py as `ae_checkpoint`, and give the model main.py wrote",
+                        setting=setting)
+    objective = hparams.get("objective")
+    if objective == CE_KIND.name or (CE_KIND.head in state and VMDLS_KIND.head not in state):
+        return CE_KIND.name
+    if VMDLS_KIND.head in state or objective is None or objective == VMDLS_KIND.name:
+        return VMDLS_KIND.name
+    raise UserError(f"the checkpoint's objective {objective!r} is not one this project trains "
+                    f"({', '.join(KINDS)}); give a checkpoint written by main.py", setting=setting)
 
 
-def untrained_vmdls(checkpoint: dict, overrides: dict | None = None, seed: int | None = None) -> VMDLS:
-    """The checkpoint's architecture at its initialisation: the weights its run started
-    from. main.py seeds every generator with --seed and then builds the model, so seeding
-    the same way (``seed``: the run's, by default) rebuilds the same weights."""
+def build_model(kind: str, hparams: dict, overrides: dict | None = None, seed: int | None = None) -> Model:
+    """A freshly initialised model of ``kind`` (models.kinds) with the hyperparameters
+    ``hparams`` (``overrides`` win; names the model does not take, such as the rest of a
+    command line, are ignored). With ``seed``, every generator is seeded with it first, as
+    main.py seeds them before it builds the model."""
     import pytorch_lightning as pl
 
-    pl.seed_everything(checkpoint_seed(checkpoint) if seed is None else seed, verbose=False)
-    return build_vmdls(checkpoint, overrides).eval()
+    cls = model_class(kind)
+    own = set(cls.hyperparameter_names()) - {"objective"}  # the classifier's objective is its own constant
+    settings = {k: v for k, v in {**hparams, **(overrides or {})}.items() if k in own}
+    if seed is not None:
+        pl.seed_everything(seed, verbose=False)
+    return cls(**settings)
+
+
+def untrained_model(checkpoint: dict, overrides: dict | None = None, seed: int | None = None) -> Model:
+    """The checkpoint's architecture at its initialisation, in eval mode: the weights its run
+    started from. main.py seeds every generator with --seed and then builds the model, so
+    seeding the same way (``seed``: the run's, by default) rebuilds the same weights."""
+    seed = checkpoint_seed(checkpoint) if seed is None else seed
+    return build_model(checkpoint_kind(checkpoint), checkpoint_hparams(checkpoint), overrides, seed).eval()
+
+
+def load_model(checkpoint: dict, overrides: dict | None = None) -> Model:
+    """The trained model of a checkpoint (ours or the original's), in eval mode: built from its
+    hyperparameters (``overrides`` win) with its weights loaded. Weights that do not fit,
+    or that the checkpoint lacks, are a UserError naming the setting to change.
+
+    VMDLS's ``forward(x)`` gives the latent mean mu; the classifier's gives the logits and
+    its ``features_and_logits(x)`` the feature h and the logits; both take a batch already
+    preprocessed by the data module's ``preprocess``."""
+    kind = checkpoint_kind(checkpoint)
+    model = build_model(kind, checkpoint_hparams(checkpoint), overrides)
+    if kind == CE_KIND.name:
+        _load_classifier_weights(model, checkpoint)
+    else:
+        _load_vmdls_weights(model, checkpoint)
+    return model.eval()
 
 
 def _size_mismatch(own: dict, saved: dict) -> tuple[str, str] | None:
@@ -218,12 +298,16 @@ def _size_mismatch(own: dict, saved: dict) -> tuple[str, str] | None:
     return None
 
 
-def load_vmdls(checkpoint: dict, overrides: dict | None = None) -> tuple[VMDLS, list[str]]:
-    """Build the model from a checkpoint's hyperparameters (``overrides`` win) and load its
-    weights. Returns the model and the names of the weights the checkpoint lacked, other
-    than the training statistics that only our checkpoints carry."""
-    model = build_vmdls(checkpoint, overrides)
-    hparams = dict(model.hparams)
+def _first_detail(error: RuntimeError) -> str:
+    """The first line of load_state_dict's error that names a tensor (the line under its header)."""
+    return next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+
+
+def _load_vmdls_weights(model: VMDLS, checkpoint: dict) -> None:
+    """Load a VMDLS checkpoint's weights (ours or the original's) into ``model``, and its
+    margin M_d. The original's checkpoints lack the class statistics and buffers ours carry:
+    only a missing weight is refused."""
+    enc_type = model.hparams.get("enc_type")
     state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(_FOREIGN_PREFIXES)}
     mismatch = _size_mismatch(model.state_dict(), state)
     if mismatch:
@@ -231,24 +315,33 @@ def load_vmdls(checkpoint: dict, overrides: dict | None = None) -> tuple[VMDLS, 
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as error:
-        first = str(error).split("\n")[1].strip() if "\n" in str(error) else str(error)
-        raise UserError(f"the checkpoint's weights do not fit a {hparams.get('enc_type')} model with these sizes "
-                        f"({first}); give the enc_type, enc_out_dim and latent_dim it was trained with",
+        raise UserError(f"the checkpoint's weights do not fit a {enc_type} model with these sizes "
+                        f"({_first_detail(error)}); give the enc_type, enc_out_dim and latent_dim it was trained with",
                         setting="enc_type")
     if result.unexpected_keys:
-        raise UserError(f"the checkpoint holds weights this {hparams.get('enc_type')} model lacks "
+        raise UserError(f"the checkpoint holds weights this {enc_type} model lacks "
                         f"(e.g. {result.unexpected_keys[0]}); give the enc_type and sizes it was trained with",
                         setting="enc_type")
     own_buffers = {name for name, _ in model.named_buffers()}
     missing = [k for k in result.missing_keys if k not in own_buffers and not k.startswith("metric_loss.")]
+    if missing:
+        raise UserError(f"the checkpoint lacks {len(missing)} weights of the model (e.g. {missing[0]}); "
+                        "pass the checkpoint of a trained VMDLS model")
     if "margin_distance" in checkpoint:
         model.metric_loss.neg_margin = float(checkpoint["margin_distance"])
-    return model, missing
 
 
-def _first_detail(error: RuntimeError) -> str:
-    """The first line of load_state_dict's error that names a tensor (the line under its header)."""
-    return next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+def _load_classifier_weights(model: CrossEntropyClassifier, checkpoint: dict) -> None:
+    """Load a cross-entropy checkpoint's weights into ``model``, every one strictly."""
+    mismatch = _size_mismatch(model.state_dict(), checkpoint["state_dict"])
+    if mismatch:
+        raise UserError(mismatch[1], setting=mismatch[0])
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as error:
+        raise UserError(f"the checkpoint's weights do not fit a {model.hparams.get('enc_type')} classifier with these "
+                        f"sizes ({_first_detail(error)}); give the enc_type, enc_out_dim and class_num it was trained "
+                        "with", setting="enc_type")
 
 
 # The trained network of a checkpoint: the backbone and the heads (VMDLS's fc_mu and fc_var, the
@@ -257,7 +350,7 @@ def _first_detail(error: RuntimeError) -> str:
 NETWORK_MODULES = ("encoder", "fc_mu", "fc_var", "fc")
 
 
-def load_network_weights(model: VMDLS | CrossEntropyClassifier, checkpoint: dict) -> int:
+def load_network_weights(model: Model, checkpoint: dict) -> int:
     """Load a checkpoint's backbone and head weights into ``model``, built with the same
     architecture, and leave the rest of it as built. Every network tensor of the model must
     come from the checkpoint: weights that do not fit are a UserError naming the setting to
@@ -285,71 +378,3 @@ def load_network_weights(model: VMDLS | CrossEntropyClassifier, checkpoint: dict
     return len(weights)
 
 
-# ------------------------------------------------------------------ the cross-entropy baseline
-KINDS = ("vmdls", "ce")
-
-
-def checkpoint_kind(checkpoint: dict, setting: str = "checkpoint_path") -> str:
-    """Which model a checkpoint holds: ``"ce"`` (the cross-entropy classifier of
-    ``main.py --objective ce``) or ``"vmdls"``.
-
-    "ce" when the hyperparameters say ``objective: ce``, or when the weights hold the
-    classifier's head ``fc`` and no ``fc_mu``; "vmdls" when the weights hold ``fc_mu`` or
-    the hyperparameters name no objective (the original's checkpoints, and ours before
-    the baseline existed). Anything else is a UserError (``setting``: the flag that gave it).
-    """
-    hparams = checkpoint_hparams(checkpoint)
-    state = checkpoint.get("state_dict") or {}
-    if "arch" in hparams and any(key.startswith("net.decoder.") for key in state):
-        raise UserError("the checkpoint is an autoencoder's (from mnist_ae.py or train_resnet_ae.py), not a trained "
-                        "model; pass it to test.py --ae_checkpoint, and give the model main.py wrote",
-                        setting=setting)
-    objective = hparams.get("objective")
-    if objective == "ce" or ("fc.weight" in state and "fc_mu.weight" not in state):
-        return "ce"
-    if "fc_mu.weight" in state or objective is None or objective == "vmdls":
-        return "vmdls"
-    raise UserError(f"the checkpoint's objective {objective!r} is not one this project trains ({', '.join(KINDS)}); "
-                    "give a checkpoint written by main.py", setting=setting)
-
-
-def build_classifier(checkpoint: dict, overrides: dict | None = None) -> CrossEntropyClassifier:
-    """The classifier a checkpoint's hyperparameters describe (``overrides`` win for the
-    model flags; flags it does not take, such as latent_dim, are ignored), freshly initialised."""
-    own = set(CrossEntropyClassifier.hyperparameter_names()) - {"objective"}
-    hparams = {k: v for k, v in {**checkpoint_hparams(checkpoint), **(overrides or {})}.items() if k in own}
-    return CrossEntropyClassifier(**hparams)
-
-
-def untrained_classifier(checkpoint: dict, overrides: dict | None = None,
-                         seed: int | None = None) -> CrossEntropyClassifier:
-    """The classifier's architecture at its initialisation, seeded as :func:`untrained_vmdls`
-    seeds (``seed``: the run's, by default), in eval mode."""
-    import pytorch_lightning as pl
-
-    pl.seed_everything(checkpoint_seed(checkpoint) if seed is None else seed, verbose=False)
-    return build_classifier(checkpoint, overrides).eval()
-
-
-def load_classifier(checkpoint: dict, overrides: dict | None = None) -> CrossEntropyClassifier:
-    """The trained cross-entropy classifier of a checkpoint, in eval mode: built from its
-    hyperparameters (``overrides`` win) with every weight loaded strictly.
-
-    Its ``forward(x)`` gives the logits and ``features_and_logits(x)`` the feature h and
-    the logits, for a batch already preprocessed by the data module's ``preprocess``."""
-    if checkpoint_kind(checkpoint) != "ce":
-        raise UserError("the checkpoint holds a VMDLS model, not the cross-entropy classifier; give one written "
-                        "by main.py --objective ce", setting="checkpoint_path")
-    model = build_classifier(checkpoint, overrides)
-    hparams = dict(model.hparams)
-    mismatch = _size_mismatch(model.state_dict(), checkpoint["state_dict"])
-    if mismatch:
-        raise UserError(mismatch[1], setting=mismatch[0])
-    try:
-        model.load_state_dict(checkpoint["state_dict"], strict=True)
-    except RuntimeError as error:
-        first = _first_detail(error)
-        raise UserError(f"the checkpoint's weights do not fit a {hparams.get('enc_type')} classifier with these "
-                        f"sizes ({first}); give the enc_type, enc_out_dim and class_num it was trained with",
-                        setting="enc_type")
-    return model.eval()

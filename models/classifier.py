@@ -21,11 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.backbones import build_encoder
+from models.kinds import CE_KIND
 from models.optimisation import check_optimiser, paper_optimisation
 from models.speed import ChannelsLast
 from utils.errors import UserError
-
-OBJECTIVE = "ce"
 
 
 class CrossEntropyClassifier(ChannelsLast, pl.LightningModule):
@@ -51,12 +50,12 @@ class CrossEntropyClassifier(ChannelsLast, pl.LightningModule):
         step_gamma: float = 0.1,
         opt: str = "sgd",
         in_channels: int | None = None,
-        objective: str = OBJECTIVE,
+        objective: str = CE_KIND.name,
     ):
         super().__init__()
         self.save_hyperparameters()
-        if objective != OBJECTIVE:
-            raise UserError(f"objective {objective!r} is not the cross-entropy classifier's; use {OBJECTIVE}",
+        if objective != CE_KIND.name:
+            raise UserError(f"objective {objective!r} is not the cross-entropy classifier's; use {CE_KIND.name}",
                             setting="objective")
         check_optimiser(opt)
         self.encoder = build_encoder(enc_type, enc_out_dim, in_channels=in_channels, input_height=input_height,
@@ -69,13 +68,6 @@ class CrossEntropyClassifier(ChannelsLast, pl.LightningModule):
     def hyperparameter_names(cls) -> tuple[str, ...]:
         """The names __init__ takes: what a checkpoint's hyperparameters may set."""
         return tuple(name for name in inspect.signature(cls.__init__).parameters if name != "self")
-
-    @classmethod
-    def from_args(cls, args, in_channels: int) -> "CrossEntropyClassifier":
-        """Build from the parsed flags of main.py (utils.flags), taking only the model's own."""
-        own = {name: getattr(args, name) for name in cls.hyperparameter_names()
-               if hasattr(args, name) and name not in ("in_channels", "objective")}
-        return cls(**own, in_channels=in_channels, objective=OBJECTIVE)
 
     # ----------------------------------------------------------------- forward passes
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -14,18 +14,19 @@ As in pytorch-ood, ``predict(x)`` and ``predict_features(f)`` return *outlier* s
 (higher = more unknown), here -s(x), with M and r_max taken from the known training set
 by ``fit``; so one batch, or one image, is scored on its own. The paper's numbers take M
 and r_max from the evaluated images instead: that set-level step is :func:`score_set`,
-on top of :meth:`FeatureEnsembleDetector.evaluate`.
+on the :class:`~models.records.FeatureRecord` of :meth:`FeatureEnsembleDetector.evaluate`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 import torch
 from pytorch_ood.api import FeaturesDetector, RequiresFittingException
 from torch import nn
 
-from models.gaussians import ClassGaussians, ClassStatistics
+from models.class_statistics import ClassStatistics
+from models.gaussians import ClassGaussians
+from models.records import FeatureRecord
 from models.speed import ChannelsLast, autocast, full_precision
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -47,31 +48,9 @@ def _dataset_size(loader) -> int | None:
     return None
 
 
-@dataclass
-class Evaluation:
-    """What the detector gives for a set of images (CPU tensors)."""
-
-    scores: torch.Tensor | None     # s(x), [N]: higher = more known; None until scored
-    predictions: torch.Tensor       # argmax_c l_c(x), [N]
-    labels: torch.Tensor            # true labels, K for unknown, [N]
-    log_likelihoods: torch.Tensor   # l_c(x), [N, K]
-    reconstruction: torch.Tensor    # r(x) before normalisation, [N]
-    features: torch.Tensor | None   # f(x), [N, D], kept only when asked
-    h: torch.Tensor | None = None   # the backbone feature, [N, D_h], kept only when asked
-    mu: torch.Tensor | None = None  # the latent mean, [N, L], kept only when asked
-
-    @staticmethod
-    def cat(parts: list["Evaluation"]) -> "Evaluation":
-        """The evaluations of several image sets as one, in order."""
-        def joined(name):
-            values = [getattr(p, name) for p in parts]
-            return None if any(v is None for v in values) else torch.cat(values)
-        return Evaluation(**{name: joined(name) for name in Evaluation.__dataclass_fields__})
-
-
-def likelihood_score(log_likelihoods: torch.Tensor, reconstruction: torch.Tensor,
-                     top: float, max_reconstruction: float) -> torch.Tensor:
-    """s(x) = -(M - max_c l_c(x)) * r(x) / r_max with M = top + 1 (step 4).
+def likelihood_outlier(log_likelihoods: torch.Tensor, reconstruction: torch.Tensor,
+                       top: float, max_reconstruction: float) -> torch.Tensor:
+    """The outlier score -s(x) = (M - max_c l_c(x)) * r(x) / r_max with M = top + 1 (step 4).
 
     Rule: the gap M - max_c l_c(x) is floored at 1, the gap of an image as likely as the
     most likely reference image. With the evaluated images as reference (``score_set``)
@@ -83,15 +62,14 @@ def likelihood_score(log_likelihoods: torch.Tensor, reconstruction: torch.Tensor
     gap = (top + 1.0) - best
     gap = torch.where(best > top, torch.ones_like(gap), gap)
     weight = reconstruction / max_reconstruction if max_reconstruction > 0 else torch.ones_like(reconstruction)
-    return -gap * weight.to(gap)
+    return gap * weight.to(gap)
 
 
-def score_set(evaluation: Evaluation) -> Evaluation:
-    """The paper's default (``test.py --score_stats test``): M and r_max from the
-    evaluated images themselves, so an image's score depends on the set it comes with."""
-    scores = likelihood_score(evaluation.log_likelihoods, evaluation.reconstruction,
-                              float(evaluation.log_likelihoods.max()), float(evaluation.reconstruction.max()))
-    return replace(evaluation, scores=scores)
+def score_set(record: FeatureRecord) -> torch.Tensor:
+    """The paper's default (``test.py --score_stats test``): outlier scores with M and r_max
+    from the evaluated images themselves, so an image's score depends on the set it comes with."""
+    return likelihood_outlier(record.log_likelihoods, record.reconstruction,
+                              float(record.log_likelihoods.max()), float(record.reconstruction.max()))
 
 
 class FeatureEnsembleDetector(FeaturesDetector):
@@ -126,7 +104,7 @@ class FeatureEnsembleDetector(FeaturesDetector):
         self.gaussians: ClassGaussians | None = None
         self.max_log_likelihood: float | None = None   # of the training set: M - 1
         self.max_reconstruction: float | None = None   # of the training set: r_max
-        self.fit_outputs: dict[str, torch.Tensor] | None = None  # fit(keep_outputs=True)
+        self.fit_record: FeatureRecord | None = None  # the training set's h and mu: fit(keep_outputs=True)
         self.to(device or "cpu")
 
     def to(self, device) -> "FeatureEnsembleDetector":
@@ -181,8 +159,7 @@ class FeatureEnsembleDetector(FeaturesDetector):
         values (N x D; 1e8, 400 MB, by default): then a second pass computes M (and the
         loader must be iterable twice: a DataLoader or a list, not a generator).
         ``keep_outputs`` keeps the training images' h, mu and labels from the same pass in
-        :attr:`fit_outputs` (an :class:`Evaluation` without likelihoods), for other
-        detectors fitted on the same model."""
+        :attr:`fit_record`, for other detectors fitted on the same model."""
         total = _dataset_size(data_loader)
         keep_features = score_statistics and (total is None or total * self._feature_dim_hint() <= keep_limit)
         stats: ClassStatistics | None = None
@@ -209,8 +186,8 @@ class FeatureEnsembleDetector(FeaturesDetector):
                 kept["h"].append(full_precision(out["h"]))
                 kept["mu"].append(full_precision(out["mu"]))
                 kept["labels"].append(y)
-        self.fit_outputs = None if not keep_outputs or stats is None else {
-            k: torch.cat(v).cpu() for k, v in kept.items()}
+        self.fit_record = None if not keep_outputs or stats is None else FeatureRecord(
+            **{k: torch.cat(v).cpu() for k, v in kept.items()})
         if stats is None:
             raise ValueError("the training set gave no batches to fit the class Gaussians on")
         self.gaussians = ClassGaussians.from_statistics(stats, step=self.jitter_step, extra_steps=self.extra_steps)
@@ -238,9 +215,9 @@ class FeatureEnsembleDetector(FeaturesDetector):
     @torch.no_grad()
     def fit_score_statistics(self, data_loader: Iterable[Batch]) -> "FeatureEnsembleDetector":
         """M - 1 and r_max of the known training set (a pass after the Gaussians are fitted)."""
-        evaluation = self.evaluate(data_loader)
-        self.max_log_likelihood = float(evaluation.log_likelihoods.max())
-        self.max_reconstruction = float(evaluation.reconstruction.max())
+        record = self.evaluate(data_loader)
+        self.max_log_likelihood = float(record.log_likelihoods.max())
+        self.max_reconstruction = float(record.reconstruction.max())
         return self
 
     @torch.no_grad()
@@ -276,42 +253,35 @@ class FeatureEnsembleDetector(FeaturesDetector):
         log_likelihoods = self.gaussians.log_prob(x)
         if reconstruction is None:
             reconstruction = torch.ones(len(x), dtype=torch.float64, device=log_likelihoods.device)
-        return -likelihood_score(log_likelihoods, reconstruction.to(log_likelihoods.device),
-                                 self.max_log_likelihood, self.max_reconstruction)
+        return likelihood_outlier(log_likelihoods, reconstruction.to(log_likelihoods.device),
+                                  self.max_log_likelihood, self.max_reconstruction)
 
     @torch.no_grad()
-    def evaluate(self, batches: Iterable[Batch], keep_features: bool = False,
-                 keep_outputs: bool = False) -> Evaluation:
-        """l_c(x), r(x) and the argmax class of every image (steps 2 and 3), unscored:
-        :func:`score_set` or :meth:`score` turns them into s(x). ``keep_outputs`` keeps h
-        and mu of the same pass, for other detectors."""
+    def evaluate(self, batches: Iterable[Batch], keep_ensemble: bool = False,
+                 keep_outputs: bool = False) -> FeatureRecord:
+        """l_c(x) and r(x) of every image (steps 2 and 3), unscored: :func:`score_set` or
+        :meth:`predict_record` turns them into outlier scores. ``keep_outputs`` keeps h and mu
+        of the same pass, for other detectors; ``keep_ensemble`` keeps f(x)."""
         self._require_fit(statistics=False)
         # Everything stays on the device until the pass ends: no synchronisation per batch.
-        log_likelihoods, reconstruction, labels, features = [], [], [], []
-        hs, mus = [], []
+        kept: dict[str, list[torch.Tensor]] = {"log_likelihoods": [], "reconstruction": [], "labels": [],
+                                               "ensemble": [], "h": [], "mu": []}
         for x, y in batches:
             f, r, out = self._features_and_outputs(x)
-            log_likelihoods.append(self.gaussians.log_prob(f))
-            reconstruction.append(r)
-            labels.append(y)
-            if keep_features:
-                features.append(f)
+            kept["log_likelihoods"].append(self.gaussians.log_prob(f))
+            kept["reconstruction"].append(r)
+            kept["labels"].append(y)
+            if keep_ensemble:
+                kept["ensemble"].append(f)
             if keep_outputs:
-                hs.append(full_precision(out["h"]))
-                mus.append(full_precision(out["mu"]))
-        if not log_likelihoods:
+                kept["h"].append(full_precision(out["h"]))
+                kept["mu"].append(full_precision(out["mu"]))
+        if not kept["labels"]:
             raise ValueError("no batches to evaluate")
-        log_likelihoods = torch.cat(log_likelihoods).cpu()
-        return Evaluation(
-            scores=None, predictions=log_likelihoods.argmax(dim=1), labels=torch.cat(labels).cpu(),
-            log_likelihoods=log_likelihoods, reconstruction=torch.cat(reconstruction).cpu(),
-            features=torch.cat(features).cpu() if keep_features else None,
-            h=torch.cat(hs).cpu() if keep_outputs else None, mu=torch.cat(mus).cpu() if keep_outputs else None,
-        )
+        return FeatureRecord(**{name: torch.cat(values).cpu() if values else None for name, values in kept.items()})
 
-    def score(self, evaluation: Evaluation) -> Evaluation:
-        """s(x) of evaluated images with M and r_max of the training set (``--score_stats train``)."""
+    def predict_record(self, record: FeatureRecord) -> torch.Tensor:
+        """Outlier scores of evaluated images with M and r_max of the training set (``--score_stats train``)."""
         self._require_fit(statistics=True)
-        scores = likelihood_score(evaluation.log_likelihoods, evaluation.reconstruction,
+        return likelihood_outlier(record.log_likelihoods, record.reconstruction,
                                   self.max_log_likelihood, self.max_reconstruction)
-        return replace(evaluation, scores=scores)

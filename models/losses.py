@@ -25,9 +25,10 @@ class TripletDistancingLoss(BaseMetricLossFunction):
 
     averaged over the triplets whose loss is non-zero (pytorch-metric-learning's
     AvgNonZeroReducer rule). On an accelerator, batches of up to 512 embeddings compute it
-    on a dense grid rather than listing the triplets; ``dense`` forces either way. ``neg_margin`` is the margin M_d that the MarginSchedule callback
-    grows during training. d is the library's default distance: Euclidean between
-    L2-normalised embeddings, so d <= 2 and M_d above 2 keeps every negative pair active.
+    on a dense grid rather than listing the triplets; ``dense`` forces either way.
+    ``neg_margin`` is the margin M_d that the MarginSchedule callback grows during training.
+    d is the library's default distance: Euclidean between L2-normalised embeddings, so
+    d <= 2 and M_d above 2 keeps every negative pair active.
     """
 
     def __init__(self, margin: float = 0.1, neg_margin: float = 0.15, triplets_per_anchor="all",
@@ -201,7 +202,7 @@ def class_kl_loss(
     For each class c present in the batch: the mean over its samples and latent dims of
     ``log q(z|x) - log N(z; m_c, prior_std^2 I)`` with q = N(mu, exp(log_var)); the result
     is the average over the classes present (each class weighs the same, whatever its count).
-    ``layout`` (a :class:`models.gaussians.LabelLayout` of the labels, on the CPU) supplies
+    ``layout`` (a :class:`models.class_statistics.LabelLayout` of the labels, on the CPU) supplies
     the class counts instead of counting them with tensor operations.
     """
     log_q = gaussian_log_density(z, mu, 0.5 * log_var)

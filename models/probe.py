@@ -30,8 +30,8 @@ class LinearProbe:
     def fit(self, features: torch.Tensor, labels: torch.Tensor) -> "LinearProbe":
         classes = torch.unique(labels)
         if len(classes) < 2:
-            raise UserError(f"--classifier h_linear needs training images of at least two classes, the known "
-                            f"training set has {len(classes)}: evaluate without it")
+            raise UserError(f"`classifier` h_linear needs training images of at least two classes, the known "
+                            f"training set has {len(classes)}: evaluate without it", setting="classifier")
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning

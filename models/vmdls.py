@@ -14,8 +14,9 @@ import torch
 from sklearn.metrics import f1_score
 
 from models.backbones import build_encoder
+from models.class_statistics import ClassStatistics, LabelLayout, quantile_bounds
+from models.gaussians import ClassGaussians
 from models.heads import make_heads, reparameterise
-from models.gaussians import ClassGaussians, ClassStatistics, LabelLayout, quantile_bounds
 from models.losses import TripletDistancingLoss, class_kl_loss
 from models.optimisation import check_optimiser, paper_optimisation
 from models.speed import ChannelsLast
@@ -109,12 +110,6 @@ class VMDLS(ChannelsLast, pl.LightningModule):
     def hyperparameter_names(cls) -> tuple[str, ...]:
         """The names __init__ takes: what a checkpoint's hyperparameters may set."""
         return tuple(name for name in inspect.signature(cls.__init__).parameters if name != "self")
-
-    @classmethod
-    def from_args(cls, args, in_channels: int) -> "VMDLS":
-        """Build from the parsed flags of main.py (utils.flags), taking only the model's own."""
-        return cls(**{name: getattr(args, name) for name in cls.hyperparameter_names() if hasattr(args, name)},
-                   in_channels=in_channels)
 
     # ----------------------------------------------------------------- forward passes
     def forward(self, x: torch.Tensor) -> torch.Tensor:

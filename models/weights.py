@@ -24,9 +24,11 @@ class WeightsReport:
             return ", ".join(keys[:limit]) + (" ..." if len(keys) > limit else "")
         lines = [f"weights: loaded {len(self.loaded)} tensors"]
         if self.missing:
-            lines.append(f"weights: {len(self.missing)} backbone tensors not in the file (kept as initialised): {names(self.missing)}")
+            lines.append(f"weights: {len(self.missing)} backbone tensors not in the file (kept as initialised): "
+                         f"{names(self.missing)}")
         if self.mismatched:
-            lines.append(f"weights: {len(self.mismatched)} tensors skipped for a shape mismatch: {names(self.mismatched)}")
+            lines.append(f"weights: {len(self.mismatched)} tensors skipped for a shape mismatch: "
+                         f"{names(self.mismatched)}")
         if self.unused:
             lines.append(f"weights: {len(self.unused)} tensors in the file matched nothing: {names(self.unused)}")
         return "\n".join(lines)
@@ -94,14 +96,14 @@ def load_backbone_weights(backbone: nn.Module, path: str, trust: bool = False) -
         detail = "; ".join(part for part in (
             f"{len(report.unused)} of the file's {len(source)} tensors match no backbone name" if report.unused else "",
             f"{len(report.mismatched)} have another shape" if report.mismatched else "") if part)
-        raise UserError(f"--weights {path!r} loaded {len(matched)} of {len(target)} backbone tensors"
+        raise UserError(f"`weights` {path!r} loaded {len(matched)} of {len(target)} backbone tensors"
                         f"{f' ({detail})' if detail else ''}, too few to be this backbone's weights (at least half "
-                        "must load); give a state_dict saved from this --enc_type, or set --enc_type to the backbone "
+                        "must load); give a state_dict saved from this `enc_type`, or set `enc_type` to the backbone "
                         "it was saved from", setting="weights")
     found = non_finite_state(matched.items())
     if found:
         name, kind = found
-        raise UserError(f"--weights {path!r} holds {'NaN' if kind == 'nan' else 'infinite'} values (in {name}), so "
+        raise UserError(f"`weights` {path!r} holds {'NaN' if kind == 'nan' else 'infinite'} values (in {name}), so "
                         "the backbone cannot start from it; give a state_dict of finite weights", setting="weights")
     backbone.load_state_dict(matched, strict=False)
     report.loaded = sorted(matched)

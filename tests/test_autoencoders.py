@@ -86,6 +86,38 @@ def test_autoencoder_from_args_takes_the_parsed_flags():
                                    "lr": 3e-4, "data_transforms": None}
 
 
+def test_autoencoder_normalises_batches_with_the_transform_it_is_given():
+    """The trainer (experiments.autoencoders) passes the data's BatchTransform; the model
+    applies its training or evaluation form after each batch reaches the device, records
+    only data_transforms, and uses batches as they come without one."""
+    built = []
+
+    def halve(train: bool) -> torch.nn.Module:
+        built.append(train)
+        return torch.nn.Identity() if train else _Scale(0.5)
+
+    model = AutoEncoder(arch="mnist", input_height=28, in_channels=1, data_transforms="mnist", batch_transform=halve)
+    assert "batch_transform" not in model.hparams and model.hparams.data_transforms == "mnist"
+    x, y = torch.ones(2, 1, 28, 28), torch.zeros(2)
+    model.eval()
+    assert torch.equal(model.on_after_batch_transfer([x, y], 0)[0], x / 2)
+    model.on_after_batch_transfer([x, y], 0)
+    model.train()
+    assert torch.equal(model.on_after_batch_transfer([x, y], 0)[0], x)
+    assert built == [False, True]  # each form built once
+    plain = AutoEncoder(arch="mnist", input_height=28, in_channels=1, data_transforms="mnist")
+    assert plain.on_after_batch_transfer([x, y], 0)[0] is x
+
+
+class _Scale(torch.nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
 def test_autoencoder_forward_rejects_wrong_image_shape():
     model = AutoEncoder(arch="mnist", input_height=28, in_channels=1)
     with pytest.raises(UserError, match="ae_checkpoint"):

@@ -64,7 +64,7 @@ CASES = [
     # (id, command, exit status, words in the message)
     ("negative lr", main_cmd("--lr", "-1"), 2, ["--lr", "above 0"]),
     ("zero latent", main_cmd("--latent_dim", "0"), 2, ["--latent_dim", "above 0"]),
-    ("bad precision", main_cmd("--precision", "17"), 2, ["--precision", "not a precision"]),
+    ("bad precision", main_cmd("--precision", "17"), 2, ["--precision", "invalid choice: '17'"]),
     ("bad strategy", main_cmd("--strategy", "bogus"), 2, ["--strategy", "not a strategy"]),
     ("unknown dataset", main_cmd("--known_dataset", "bogus"), 2, ["--known_dataset", "bogus"]),
     ("resume from empty file", main_cmd("--checkpoint_path", "{empty}"), 2, ["--checkpoint_path"]),
@@ -139,7 +139,6 @@ import sys  # noqa: E402
 import zlib  # noqa: E402
 
 from conftest import write_cifar, write_images  # noqa: E402
-
 from datasets.images import list_images  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

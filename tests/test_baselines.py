@@ -1,24 +1,18 @@
-"""models/baselines.py: every detector against a direct computation of its formula."""
+"""The standard detectors (models/baselines.py, pytorch-ood's own ones through the registry of
+models/detector_registry.py) against a direct computation of their formulas; every one
+returns pytorch-ood's outlier score (higher = more unknown)."""
 
 import math
 
 import numpy as np
 import pytest
 import torch
+from pytorch_ood.api import Detector, RequiresFittingException
 
-from models.baselines import (
-    BASELINE_NAMES,
-    BASELINES,
-    KNNBaseline,
-    MahalanobisBaseline,
-    ODINBaseline,
-    Outputs,
-    VMDLSLatent,
-    ViMBaseline,
-    make_baseline,
-    odin_scores,
-    vim_dim,
-)
+from models.baselines import KNNDetector, LatentGaussians, MahalanobisDetector, ViMDetector, vim_dim
+from models.detector_registry import DETECTORS
+from models.evaluation import check_detectors, make_detector
+from models.records import FeatureRecord
 from utils.errors import UserError
 
 K, D, L = 3, 8, 4
@@ -43,7 +37,7 @@ def _make_set(gen, n, weight, bias, shift=0.0, labels=None):
     h = centers[labels.clamp(max=K - 1)] + torch.randn(n, D, generator=gen) * torch.linspace(0.5, 1.5, D) + shift
     logits = h @ weight.T + bias
     mu = h[:, :L] * 0.7 + 0.1 * torch.randn(n, L, generator=gen)
-    return Outputs(labels=labels.long(), features=h, logits=logits, mu=mu)
+    return FeatureRecord(labels=labels.long(), h=h, logits=logits.double(), mu=mu)
 
 
 @pytest.fixture(scope="module")
@@ -54,30 +48,13 @@ def data():
     train = _make_set(gen, 60, weight, bias)
     test = _make_set(gen, 15, weight, bias)
     far = _make_set(gen, 10, weight, bias, shift=25.0, labels=torch.full((10,), K))
-    return dict(weight=weight, bias=bias, train=train, test=test, far=far,
-                all=Outputs.cat([test, far]))
+    joined = FeatureRecord(**{name: torch.cat([getattr(test, name), getattr(far, name)])
+                              for name in ("labels", "h", "logits", "mu")})
+    return dict(weight=weight, bias=bias, train=train, test=test, far=far, all=joined)
 
 
 def _np(t):
     return t.detach().double().cpu().numpy()
-
-
-# ---- Outputs ------------------------------------------------------------------------
-
-
-def test_outputs_select_and_cat(data):
-    test = data["test"]
-    part = test.select(test.labels == 1)
-    assert len(part) == int((test.labels == 1).sum())
-    assert part.mu is not None and part.logits.shape[1] == K
-    both = Outputs.cat([part, test.select(torch.tensor([0, 2]))])
-    assert len(both) == len(part) + 2
-    assert torch.equal(both.features[-2:], test.features[[0, 2]])
-    without_mu = Outputs(labels=test.labels, features=test.features)
-    with pytest.raises(ValueError):
-        Outputs.cat([test, without_mu])
-    with pytest.raises(ValueError):
-        Outputs(labels=test.labels[:3], features=test.features)
 
 
 # ---- logit scores -------------------------------------------------------------------
@@ -89,65 +66,60 @@ def test_outputs_select_and_cat(data):
     ("maxlogit", lambda a: a.max(axis=1)),
 ])
 def test_logit_scores_match_formula(data, name, formula):
-    detector = make_baseline(name, "ce").fit(data["train"])
-    scores = detector.score(data["all"])
-    assert scores.dtype == torch.float64 and scores.device.type == "cpu"
-    assert scores.shape == (len(data["all"]),) and torch.isfinite(scores).all()
-    np.testing.assert_allclose(scores.numpy(), formula(_np(data["all"].logits)), rtol=1e-10, atol=1e-10)
-    assert detector.predict(data["all"]) is None
+    detector = make_detector(name, None).fit_logits(data["train"].logits, data["train"].labels)
+    outlier = detector.predict_logits(data["all"].logits)
+    assert outlier.dtype == torch.float64 and outlier.shape == (len(data["all"]),)
+    np.testing.assert_allclose(-outlier.numpy(), formula(_np(data["all"].logits)), rtol=1e-10, atol=1e-10)
 
 
 # ---- Mahalanobis --------------------------------------------------------------------
 
 
-def _mahalanobis_reference(train, outputs):
-    h, y = _np(train.features), train.labels.numpy()
+def _mahalanobis_reference(train, record):
+    h, y = _np(train.h), train.labels.numpy()
     means = np.stack([h[y == c].mean(0) for c in range(K)])
     centred = h - means[y]
     cov = centred.T @ centred / h.shape[0]          # tied covariance, normalised by N
     precision = np.linalg.inv(cov)
-    x = _np(outputs.features)
+    x = _np(record.h)
     sq = np.stack([np.einsum("nd,de,ne->n", x - m, precision, x - m) for m in means], axis=1)
-    return -0.5 * sq.min(axis=1), sq.argmin(axis=1)
+    return 0.5 * sq.min(axis=1), sq.argmin(axis=1)
 
 
 def test_mahalanobis_matches_formula(data):
-    detector = make_baseline("mahalanobis", "ce").fit(data["train"])
-    scores = detector.score(data["all"])
+    detector = MahalanobisDetector().fit_features(data["train"].h, data["train"].labels)
+    outlier = detector.predict_features(data["all"].h)
     expected, nearest = _mahalanobis_reference(data["train"], data["all"])
-    assert scores.dtype == torch.float64 and torch.isfinite(scores).all()
-    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-8, atol=1e-8)
-    np.testing.assert_array_equal(detector.predict(data["all"]).numpy(), nearest)
+    assert outlier.dtype == torch.float64 and torch.isfinite(outlier).all()
+    np.testing.assert_allclose(outlier.numpy(), expected, rtol=1e-8, atol=1e-8)
+    np.testing.assert_array_equal(detector.classify_features(data["all"].h).numpy(), nearest)
     n_test = len(data["test"])
-    assert scores[:n_test].min() > scores[n_test:].max()   # higher = more known
-    # also on a VMDLS checkpoint (features detector)
-    make_baseline("mahalanobis", "vmdls").fit(data["train"]).score(data["test"])
+    assert outlier[:n_test].max() < outlier[n_test:].min()   # higher = more unknown
 
 
 # ---- KNN ----------------------------------------------------------------------------
 
 
-def _knn_reference(train, outputs, k):
+def _knn_reference(train, record, k):
     def unit(a):
         return a / np.linalg.norm(a, axis=1, keepdims=True)
-    a, b = unit(_np(outputs.features)), unit(_np(train.features))
+    a, b = unit(_np(record.h)), unit(_np(train.h))
     dist = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
-    return -np.sort(dist, axis=1)[:, k - 1]
+    return np.sort(dist, axis=1)[:, k - 1]
 
 
 @pytest.mark.parametrize("k", [1, 5, 500])
 def test_knn_matches_brute_force(data, k):
-    detector = make_baseline("knn", "vmdls", k=k).fit(data["train"])
-    scores = detector.score(data["all"])
+    detector = KNNDetector(k=k).fit_features(data["train"].h, data["train"].labels)
+    outlier = detector.predict_features(data["all"].h)
     k_used = min(k, len(data["train"]))
-    assert scores.dtype == torch.float64 and torch.isfinite(scores).all()
-    np.testing.assert_allclose(scores.numpy(), _knn_reference(data["train"], data["all"], k_used),
+    assert outlier.dtype == torch.float64 and torch.isfinite(outlier).all()
+    np.testing.assert_allclose(outlier.numpy(), _knn_reference(data["train"], data["all"], k_used),
                                rtol=1e-9, atol=1e-9)
-    assert detector.predict(data["all"]) is None
 
 
 def test_knn_default_k_is_50():
-    assert KNNBaseline().k == 50
+    assert KNNDetector().k == 50
 
 
 # ---- ViM ----------------------------------------------------------------------------
@@ -155,24 +127,30 @@ def test_knn_default_k_is_50():
 
 def test_vim_matches_paper_formula(data):
     weight, bias = data["weight"], data["bias"]
-    detector = make_baseline("vim", "ce", head=(weight, bias)).fit(data["train"])
+    head = torch.nn.Linear(D, K)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+    model = torch.nn.Module()
+    model.fc = head
+    detector = make_detector("vim", model).fit_features(data["train"].h, data["train"].labels)
     d = vim_dim(D)
-    assert d == D // 2
-    scores = detector.score(data["all"])
+    assert d == D // 2 and detector.d == d
+    outlier = detector.predict_features(data["all"].h)
 
     w, b = _np(weight), _np(bias)
     u = -np.linalg.pinv(w) @ b
-    x_train = _np(data["train"].features) - u
+    x_train = _np(data["train"].h) - u
     eig_vals, eig_vecs = np.linalg.eigh(x_train.T @ x_train / x_train.shape[0])
     residual_space = eig_vecs[:, np.argsort(eig_vals)[:D - d]]     # all but the d largest
     alpha = (_np(data["train"].logits).max(1).mean()
              / np.linalg.norm(x_train @ residual_space, axis=1).mean())
-    x = _np(data["all"].features)
-    expected = _logsumexp(x @ w.T + b) - alpha * np.linalg.norm((x - u) @ residual_space, axis=1)
+    x = _np(data["all"].h)
+    expected = alpha * np.linalg.norm((x - u) @ residual_space, axis=1) - _logsumexp(x @ w.T + b)
 
     assert detector.alpha == pytest.approx(alpha, rel=1e-4)
-    assert scores.dtype == torch.float64 and torch.isfinite(scores).all()
-    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-4, atol=1e-3)
+    assert torch.isfinite(outlier).all()
+    np.testing.assert_allclose(outlier.double().numpy(), expected, rtol=1e-4, atol=1e-3)
 
 
 def test_vim_dim_rule():
@@ -181,11 +159,18 @@ def test_vim_dim_rule():
     assert vim_dim(512) == 256 and vim_dim(64) == 32
 
 
+def test_vim_needs_a_head_of_the_feature_width():
+    with pytest.raises(ValueError):
+        ViMDetector(None, torch.zeros(K, D), torch.zeros(K + 1))
+    with pytest.raises(ValueError):
+        ViMDetector(None, torch.zeros(K, D), torch.zeros(K), d=D)
+
+
 # ---- VMDLS latent -------------------------------------------------------------------
 
 
 def test_vmdls_latent_matches_gaussian_log_density(data):
-    detector = make_baseline("vmdls_latent", "vmdls").fit(data["train"])
+    detector = LatentGaussians().fit_features(data["train"].mu, data["train"].labels)
     # well-conditioned: the ladder's first step works, leaving only its 2-step margin
     jitter = detector.gaussians.jitter
     assert jitter == pytest.approx(2e-6)
@@ -200,28 +185,25 @@ def test_vmdls_latent_matches_gaussian_log_density(data):
         quad = np.einsum("nd,nd->n", diff, np.linalg.solve(cov, diff.T).T)
         logp.append(-0.5 * (quad + logdet + L * math.log(2 * math.pi)))
     logp = np.stack(logp, axis=1)
-    scores = detector.score(data["all"])
-    assert scores.dtype == torch.float64 and torch.isfinite(scores).all()
-    np.testing.assert_allclose(scores.numpy(), logp.max(1), rtol=1e-9, atol=1e-8)
-    np.testing.assert_array_equal(detector.predict(data["all"]).numpy(), logp.argmax(1))
+    outlier = detector.predict_features(data["all"].mu)
+    assert outlier.dtype == torch.float64 and torch.isfinite(outlier).all()
+    np.testing.assert_allclose(-outlier.numpy(), logp.max(1), rtol=1e-9, atol=1e-8)
+    np.testing.assert_array_equal(detector.classify_features(data["all"].mu).numpy(), logp.argmax(1))
 
 
 # ---- rank-deficient training set ----------------------------------------------------
 
 
-@pytest.mark.parametrize("cls", [MahalanobisBaseline, VMDLSLatent])
+@pytest.mark.parametrize("cls", [MahalanobisDetector, LatentGaussians])
 def test_rank_deficient_training_set_fits(cls):
     gen = torch.Generator().manual_seed(1)
     n = 5                                    # fewer images than dims (D = 8)
     labels = torch.tensor([0, 0, 1, 1, 2])
-    h = torch.randn(n, D, generator=gen)
-    train = Outputs(labels=labels, features=h, mu=torch.randn(n, D, generator=gen))
-    test = Outputs(labels=torch.zeros(7, dtype=torch.long), features=torch.randn(7, D, generator=gen),
-                   mu=torch.randn(7, D, generator=gen))
-    detector = cls().fit(train)
-    scores = detector.score(test)
-    assert scores.shape == (7,) and torch.isfinite(scores).all()
-    assert detector.predict(test).shape == (7,)
+    detector = cls().fit_features(torch.randn(n, D, generator=gen), labels)
+    test = torch.randn(7, D, generator=gen)
+    outlier = detector.predict_features(test)
+    assert outlier.shape == (7,) and torch.isfinite(outlier).all()
+    assert detector.classify_features(test).shape == (7,)
 
 
 # ---- ODIN ---------------------------------------------------------------------------
@@ -229,90 +211,69 @@ def test_rank_deficient_training_set_fits(cls):
 
 def _odin_setup():
     gen = torch.Generator().manual_seed(2)
-    model = torch.nn.Linear(12, K)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, K))
     with torch.no_grad():
-        model.weight.copy_(torch.randn(K, 12, generator=gen))
-        model.bias.copy_(torch.randn(K, generator=gen))
+        model[1].weight.copy_(torch.randn(K, 12, generator=gen))
+        model[1].bias.copy_(torch.randn(K, generator=gen))
     images = torch.rand(9, 3, 2, 2, generator=gen)
     mean = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)
     std = torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
-
-    def preprocess(x):
-        return (x - mean) / std
-
-    def logit_fn(x):
-        return model(x.flatten(1))
-
-    batches = [(images[:4], torch.zeros(4)), (images[4:], torch.zeros(5))]
-    return logit_fn, preprocess, images, batches
-
-
-def test_odin_without_perturbation_is_temperature_scaled_msp():
-    logit_fn, preprocess, images, batches = _odin_setup()
-    temperature = 7.0
-    scores = odin_scores(logit_fn, batches, preprocess, temperature=temperature, eps=0.0)
-    with torch.no_grad():
-        expected = torch.softmax(logit_fn(preprocess(images)) / temperature, dim=1).max(1).values
-    assert scores.dtype == torch.float64 and scores.shape == (9,)
-    np.testing.assert_allclose(scores.numpy(), expected.double().numpy(), rtol=1e-6)
+    return model, (images - mean) / std
 
 
 def test_odin_perturbs_the_normalised_input():
-    logit_fn, preprocess, images, batches = _odin_setup()
-    temperature, eps = 10.0, 0.05
-    scores = odin_scores(logit_fn, batches, preprocess, temperature=temperature, eps=eps)
-    x = preprocess(images).detach().requires_grad_()
-    logits = logit_fn(x) / temperature
+    """The registry's odin is pytorch-ood's ODIN on the model, applied to normalised images."""
+    model, x = _odin_setup()
+    detector = make_detector("odin", model)
+    temperature, eps = detector.temperature, detector.eps
+    assert (temperature, eps) == (1000.0, 0.0014)
+    outlier = detector.predict(x)
+    x = x.detach().requires_grad_()
+    logits = model(x) / temperature
     loss = torch.nn.functional.cross_entropy(logits, logits.argmax(1))
     (grad,) = torch.autograd.grad(loss, x)
     with torch.no_grad():
-        x_hat = x - eps * grad.sign()
-        expected = torch.softmax(logit_fn(x_hat) / temperature, dim=1).max(1).values
-    np.testing.assert_allclose(scores.numpy(), expected.double().numpy(), rtol=1e-6)
-    detector = make_baseline("odin", "ce", temperature=temperature, eps=eps)
-    assert detector.needs == "inputs"
-    np.testing.assert_allclose(detector.score_inputs(logit_fn, batches, preprocess).numpy(), scores.numpy())
+        expected = torch.softmax(model(x - eps * grad.sign()) / temperature, dim=1).max(1).values
+    np.testing.assert_allclose(-outlier.detach().numpy(), expected.numpy(), rtol=1e-6)
 
 
 # ---- registry -----------------------------------------------------------------------
 
 
-def test_registry_order_and_needs():
-    assert BASELINE_NAMES == ("msp", "energy", "maxlogit", "odin", "mahalanobis", "knn", "vim",
-                              "vmdls_latent")
-    assert set(BASELINES) == set(BASELINE_NAMES)
-    needs = {name: BASELINES[name].needs for name in BASELINE_NAMES}
-    assert needs == {"msp": "logits", "energy": "logits", "maxlogit": "logits", "odin": "inputs",
-                     "mahalanobis": "features", "knn": "features", "vim": "logits",
-                     "vmdls_latent": "mu"}
-    assert isinstance(make_baseline("odin", "ce"), ODINBaseline)
+def test_every_registered_detector_is_a_pytorch_ood_detector():
+    assert list(DETECTORS) == ["vmdls", "msp", "energy", "maxlogit", "odin", "mahalanobis", "knn", "vim",
+                               "vmdls_latent"]
+    needs = {name: entry.needs for name, entry in DETECTORS.items()}
+    assert needs == {"vmdls": "ensemble", "msp": "logits", "energy": "logits", "maxlogit": "logits",
+                     "odin": "inputs", "mahalanobis": "h", "knn": "h", "vim": "h", "vmdls_latent": "mu"}
+    for entry in DETECTORS.values():
+        assert issubclass(entry.cls, Detector)
 
 
 @pytest.mark.parametrize("name", ["msp", "energy", "maxlogit", "odin", "vim"])
 def test_logit_detectors_refuse_vmdls_checkpoints(name):
     with pytest.raises(UserError) as info:
-        make_baseline(name, "vmdls", head=(torch.zeros(K, D), torch.zeros(K)))
+        check_detectors([name], "vmdls")
     assert info.value.setting == "detector"
-    assert "--objective ce" in str(info.value) and name in str(info.value)
+    assert "cross-entropy checkpoint" in str(info.value) and name in str(info.value)
     assert str(info.value).count(". ") == 0          # one sentence
 
 
 def test_latent_detector_refuses_ce_checkpoints():
     with pytest.raises(UserError) as info:
-        make_baseline("vmdls_latent", "ce")
+        check_detectors(["vmdls_latent"], "ce")
     assert info.value.setting == "detector"
-    assert "VMDLS checkpoint" in str(info.value) and "--objective vmdls" in str(info.value)
+    assert "VMDLS checkpoint" in str(info.value)
 
 
-def test_vim_needs_a_head_and_unknown_names_are_refused():
-    with pytest.raises(UserError):
-        make_baseline("vim", "ce")
-    assert isinstance(make_baseline("vim", "ce", head=(torch.zeros(K, D), torch.zeros(K))), ViMBaseline)
+def test_unknown_names_are_refused_and_repeats_dropped():
     with pytest.raises(UserError) as info:
-        make_baseline("gram", "ce")
+        check_detectors(["gram"], "ce")
     assert info.value.setting == "detector"
+    assert check_detectors(["knn", "msp", "knn"], "ce") == ["knn", "msp"]
 
 
 def test_score_before_fit_is_refused(data):
-    with pytest.raises(RuntimeError):
-        MahalanobisBaseline().score(data["test"])
+    for detector in (MahalanobisDetector(), LatentGaussians()):
+        with pytest.raises(RequiresFittingException):
+            detector.predict_features(data["test"].h)

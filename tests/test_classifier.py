@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 
 import main as train_script
+import models.checkpoints
 from datasets import KnownUnknownDataModule
-from models.checkpoints import checkpoint_kind, load_classifier, untrained_classifier
+from experiments.training import build_callbacks
+from models.checkpoints import checkpoint_kind, load_model, untrained_model
 from models.classifier import CrossEntropyClassifier
 from models.vmdls import VMDLS
 from utils.cli import run_main
@@ -34,14 +36,14 @@ def trained(tmp_path_factory):
     """Two short epochs of --objective ce; the in-memory model main.py trained is kept."""
     output_dir = tmp_path_factory.mktemp("ce")
     built = []
-    original = CrossEntropyClassifier.from_args.__func__
+    original = models.checkpoints.build_model
 
-    def recording(cls, args, in_channels):
-        built.append(original(cls, args, in_channels))
+    def recording(*args, **kwargs):
+        built.append(original(*args, **kwargs))
         return built[-1]
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(CrossEntropyClassifier, "from_args", classmethod(recording))
+        patch.setattr(models.checkpoints, "build_model", recording)
         last = train_script.main(TINY + ["--output_dir", str(output_dir), "--max_epochs", "2",
                                          "--limit_train_batches", "8"])
     assert len(built) == 1
@@ -69,7 +71,7 @@ def test_ce_run_writes_a_checkpoint_that_says_ce_and_reloads_exactly(trained):
     assert "fc.weight" in checkpoint["state_dict"] and "fc_mu.weight" not in checkpoint["state_dict"]
     assert (output_dir / "args.json").is_file() and (output_dir / "hparams.yaml").is_file()
 
-    loaded = load_classifier(checkpoint, {"latent_dim": 8, "class_num": 4})  # test.py's flags: extras ignored
+    loaded = load_model(checkpoint, {"latent_dim": 8, "class_num": 4})  # test.py's flags: extras ignored
     assert isinstance(loaded, CrossEntropyClassifier) and not loaded.training
     x, _ = digits_batch(32)
     with torch.no_grad():
@@ -85,7 +87,7 @@ def test_ce_run_writes_a_checkpoint_that_says_ce_and_reloads_exactly(trained):
     assert len(accuracy) == 2 and ((0 <= accuracy) & (accuracy <= 1)).all()
 
     with pytest.raises(UserError, match="class_num"):  # weights of another size: one sentence
-        load_classifier(checkpoint, {"class_num": 5})
+        load_model(checkpoint, {"class_num": 5})
 
 
 def test_cross_entropy_falls_with_training(trained):
@@ -97,10 +99,10 @@ def test_cross_entropy_falls_with_training(trained):
 
     # The same images, scored before (the run's initialisation) and after 16 steps.
     x, y = digits_batch(64)
-    start = untrained_classifier(checkpoint, seed=3)
+    start = untrained_model(checkpoint, seed=3)
     with torch.no_grad():
         before = F.cross_entropy(start(x), y).item()
-        after = F.cross_entropy(load_classifier(checkpoint)(x), y).item()
+        after = F.cross_entropy(load_model(checkpoint)(x), y).item()
     assert before == pytest.approx(1.386, abs=0.1)  # ln 4: the untrained head knows nothing
     assert after < 0.75 * before
 
@@ -118,8 +120,7 @@ def test_kinds_of_checkpoints():
     with pytest.raises(UserError, match="objective") as error:
         checkpoint_kind({"state_dict": {}, "hyper_parameters": {"objective": "arcface"}})
     assert "\n" not in str(error.value)
-    with pytest.raises(UserError, match="VMDLS"):
-        load_classifier({"state_dict": state, "hyper_parameters": dict(vmdls.hparams)})
+    assert isinstance(load_model({"state_dict": state, "hyper_parameters": dict(vmdls.hparams)}), VMDLS)
 
 
 def shuffled_datamodule(**kw):
@@ -199,8 +200,15 @@ def test_build_callbacks_skip_the_vmdls_schedules_for_ce(tmp_path):
     from models.callbacks import FinetuneSchedule, MarginSchedule
 
     args = train_script.build_parser().parse_args(["--objective", "ce"])
-    callbacks, _ = train_script.build_callbacks(args, str(tmp_path))
+    callbacks, _ = build_callbacks(args, str(tmp_path))
     assert not any(isinstance(c, (MarginSchedule, FinetuneSchedule)) for c in callbacks)
     args = train_script.build_parser().parse_args([])
-    callbacks, _ = train_script.build_callbacks(args, str(tmp_path))
+    callbacks, _ = build_callbacks(args, str(tmp_path))
     assert any(isinstance(c, MarginSchedule) for c in callbacks)
+
+
+def test_the_objective_flag_offers_the_model_kinds():
+    from models.kinds import KINDS
+    from utils.flags import OBJECTIVES
+
+    assert OBJECTIVES == tuple(KINDS)

@@ -157,7 +157,32 @@ def test_a_missing_optional_logger_package_is_one_sentence(tmp_path):
 
 def test_library_errors_get_the_flag_to_change_from_the_script(tmp_path):
     result = run("main.py", "--known_dataset", "digits", "--unknown_dataset", "digits_unknown", "--class_num", "4",
-                 "--enc_type", "nope", "--accelerator", "cpu", "--num_workers", "0", "--output_dir", str(tmp_path))
+                 "--enc_type", "mnist-conv", "--enc_out_dim", "500", "--weights", str(tmp_path / "nope.pt"),
+                 "--accelerator", "cpu", "--num_workers", "0", "--output_dir", str(tmp_path))
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
-    assert "'nope'" in last and last.endswith("(change --enc_type)")
+    assert "nope.pt" in last and last.endswith("(change --weights)")
+
+
+def test_a_setting_named_in_a_library_error_is_shown_as_its_flag():
+    from utils.errors import UserError
+
+    error = UserError("/tmp/x already holds a run; pass `overwrite` to replace its files, or pick another "
+                      "`output_dir`", setting="output_dir")
+    assert "--" not in str(error)
+    assert error.for_command_line() == ("/tmp/x already holds a run; pass --overwrite to replace its files, or pick "
+                                        "another --output_dir")
+    assert UserError("lr must be positive, not 0", setting="lr").for_command_line() == \
+        "lr must be positive, not 0 (change --lr)"
+
+
+def test_the_output_folder_sentences_name_settings_and_the_scripts_show_flags(tmp_path):
+    from utils.errors import UserError
+    from utils.run_folder import TRAINING_RUN, claim_output_dir
+
+    (tmp_path / "args.json").write_text("{}")  # a training run of a version that recorded nothing
+    with pytest.raises(UserError) as info:
+        claim_output_dir(str(tmp_path), TRAINING_RUN, overwrite=True)
+    assert "--" not in str(info.value) and "even with `overwrite`" in str(info.value)
+    assert info.value.for_command_line().endswith("even with --overwrite; move or remove its files by hand, or pick "
+                                                  "another --output_dir")

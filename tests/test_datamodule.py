@@ -30,7 +30,7 @@ def test_setup_is_idempotent_and_exposes_shapes(mnist_root):
     dm.setup("test")
     assert dm.train_set is train_set
     assert dm.image_shape == (1, 28, 28) and dm.class_num == 10 and dm.num_classes == 10
-    assert len(dm.test_set) == len(dm.known_test_set) + len(dm.unknown_test_set)
+    assert len(dm.test_set) == len(dm.known_test_set) + len(dm.unknown_test_sets["kmnist"])
 
 
 def test_train_batches_are_balanced(mnist_root):
@@ -102,12 +102,13 @@ def test_digits_default_datamodule_with_cifar_like_unknown(tmp_path):
     )
     dm.setup()
     assert dm.image_shape == (1, 28, 28)
-    assert len(dm.unknown_test_set) == 10_000 and dm.unknown_test_set.image_shape == (1, 28, 28)
+    unknown = dm.unknown_test_sets["noise"]
+    assert len(unknown) == 10_000 and unknown.image_shape == (1, 28, 28)
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (24, 1, 28, 28) and len(set(y.tolist())) == 3
 
 
-def test_known_images_resized_to_input_height(tmp_path):
+def test_known_images_keep_their_size_and_the_unknown_takes_it(tmp_path):
     for c in ("a", "b"):
         write_images(tmp_path / "k" / c, 5, size=(20, 24), seed=ord(c))
     write_images(tmp_path / "u", 3, size=(50, 50), mode="L")
@@ -116,14 +117,11 @@ def test_known_images_resized_to_input_height(tmp_path):
         class_num=2, data_transforms="cifar", input_height=16, batch_classes=2, sample_count=2,
         batch_size=4, num_workers=0, download=False,
     )
-    plain = KnownUnknownDataModule(**kw)
-    assert plain.image_shape == (3, 24, 20)  # input_height is only recorded
-    assert plain.unknown_test_set[0][0].shape == (3, 24, 20)
-    dm = KnownUnknownDataModule(**kw, resize_known=True)
-    dm.setup()
-    assert dm.image_shape == (3, 16, 16)
+    dm = KnownUnknownDataModule(**kw)
+    assert dm.image_shape == (3, 24, 20)  # input_height is only recorded
+    assert dm.unknown_test_sets[f"folder:{tmp_path / 'u'}"][0][0].shape == (3, 24, 20)
     x, y = next(iter(dm.test_dataloader()))
-    assert x.shape == (4, 3, 16, 16)
+    assert x.shape == (4, 3, 24, 20)
     assert dm.train_set.targets.tolist() == [0] * 4 + [1] * 4
 
 
@@ -238,8 +236,6 @@ def test_lightning_fit_uses_transforms_and_set_epoch(mnist_root):
 def test_errors_name_the_setting_not_the_flag(tmp_path):
     cases = [
         (dict(batch_size=0), "batch_size"),
-        (dict(input_height=-3), "input_height"),
-        (dict(input_height=None, resize_known=True), "input_height"),
         (dict(num_workers=-1), "num_workers"),
         (dict(data_transforms="imagenet"), "data_transforms"),
     ]
@@ -251,3 +247,29 @@ def test_errors_name_the_setting_not_the_flag(tmp_path):
         assert err.value.setting == setting
         line = err.value.for_command_line()
         assert line.rstrip(").").endswith(f"--{setting}") and line.count(f"--{setting}") == 1, line
+
+
+def test_defaults_are_the_flags_defaults():
+    """Building the data module in Python gives what main.py / test.py give without flags."""
+    import inspect
+
+    from utils.flags import add_common_args, add_data_args, new_parser
+
+    parser = new_parser("defaults")
+    add_common_args(parser)
+    add_data_args(parser)
+    flags = vars(parser.parse_args([]))
+    defaults = {name: p.default for name, p in inspect.signature(KnownUnknownDataModule).parameters.items()
+                if name in flags}
+    assert set(defaults) == {"known_dataset", "unknown_dataset", "data_dir", "class_num", "data_transforms",
+                             "input_height", "batch_classes", "sample_count", "batch_size", "num_workers", "seed"}
+    assert defaults == {name: flags[name] for name in defaults}
+
+
+def test_the_flags_choices_are_the_registries_names():
+    from datasets.transforms import DATA_TRANSFORMS
+    from models.backbones import BACKBONES
+    from utils import flags
+
+    assert flags.DATA_TRANSFORMS == DATA_TRANSFORMS
+    assert set(flags.ENC_TYPES) == set(BACKBONES)

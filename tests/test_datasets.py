@@ -13,8 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from conftest import make_mnist_arrays, write_cifar, write_idx, write_idx_folder, write_images
-from datasets import available_datasets, get_known_dataset, get_unknown_dataset
-from datasets import registry
+from datasets import available_datasets, get_known_dataset, get_unknown_dataset, registry
 from utils.errors import UserError
 
 EXPECTED_NAMES = [

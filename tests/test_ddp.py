@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from models.gaussians import ClassStatistics
+from models.class_statistics import ClassStatistics
 
 
 def _free_port() -> int:
@@ -31,7 +31,8 @@ def _worker(rank, world, port, data, results):
 
 def test_all_reduced_statistics_equal_single_process_numpy():
     rng = np.random.default_rng(0)
-    data = [(rng.normal(size=(9, 2)), rng.integers(0, 3, 9)), (rng.normal(size=(7, 2)), np.array([0, 0, 1, 1, 2, 2, 3]))]
+    data = [(rng.normal(size=(9, 2)), rng.integers(0, 3, 9)),
+            (rng.normal(size=(7, 2)), np.array([0, 0, 1, 1, 2, 2, 3]))]
     results = mp.Manager().dict()
     mp.spawn(_worker, args=(2, _free_port(), data, results), nprocs=2, join=True)
     x = np.concatenate([d[0] for d in data])

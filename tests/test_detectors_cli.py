@@ -15,7 +15,8 @@ import main as train_script
 import test as test_script
 from conftest import write_idx, write_images
 from datasets import KnownUnknownDataModule
-from models.checkpoints import load_classifier, read_checkpoint
+from experiments.reporting import SCORE_COLUMNS, set_folder
+from models.checkpoints import load_model, read_checkpoint
 from utils.cli import run_main
 
 CLASSES = 4
@@ -55,7 +56,7 @@ def test_several_unknown_sets_equal_single_runs(checkpoints, tmp_path):
     for i, name in enumerate(sets):
         single = run_test(checkpoints["vmdls"], tmp_path / f"single{i}", "--unknown_dataset", name,
                           "--compare_untrained")
-        folder = test_script.set_folder(str(tmp_path / "multi"), name, several=True)
+        folder = set_folder(str(tmp_path / "multi"), name, several=True)
         multi = json.loads(open(os.path.join(folder, "results.json")).read())
         for key, value in single.items():
             if key == "untrained":
@@ -77,7 +78,7 @@ def test_several_unknown_sets_equal_single_runs(checkpoints, tmp_path):
 def test_scores_csv_holds_every_image_once_and_reproduces_the_metrics(checkpoints, tmp_path):
     results = run_test(checkpoints["vmdls"], tmp_path, "--unknown_dataset", checkpoints["folder"])
     scores = pd.read_csv(tmp_path / "scores.csv", keep_default_na=False)
-    assert list(scores.columns) == list(test_script.SCORE_COLUMNS)
+    assert list(scores.columns) == list(SCORE_COLUMNS)
     known, unknown = scores[scores["label"] < CLASSES], scores[scores["label"] == CLASSES]
     assert len(known) == results["n_known"] and len(unknown) == results["n_unknown"] == 7
     assert (known["set"] == "digits").all() and (unknown["set"] == checkpoints["folder"]).all()
@@ -95,7 +96,7 @@ def test_scores_csv_holds_every_image_once_and_reproduces_the_metrics(checkpoint
 
 def classifier_outputs(checkpoint: str, unknown: str):
     """h and logits of the known test set and an unknown set, computed here directly."""
-    model = load_classifier(read_checkpoint(checkpoint), {"in_channels": 1})
+    model = load_model(read_checkpoint(checkpoint), {"in_channels": 1})
     data = KnownUnknownDataModule(known_dataset="digits", unknown_dataset=unknown, class_num=CLASSES,
                                   data_transforms="blob", num_workers=0, batch_size=64)
     data.setup()
@@ -145,7 +146,6 @@ def test_the_latent_detector_and_mahalanobis_on_a_vmdls_checkpoint(checkpoints, 
     ("vmdls", "vim", "needs a classifier's logits"),
     ("ce", "vmdls_latent", "needs a VMDLS checkpoint"),
     ("ce", "vmdls", "needs the feature ensemble"),
-    ("vmdls", "bogus", "unknown detector 'bogus'"),
 ])
 def test_a_detector_the_checkpoint_cannot_serve_is_one_sentence(checkpoints, tmp_path, capsys, checkpoint,
                                                                 detector, words):
@@ -157,6 +157,17 @@ def test_a_detector_the_checkpoint_cannot_serve_is_one_sentence(checkpoints, tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0] and "--detector" in err[0]
     assert not (tmp_path / "results.json").exists()
+
+
+@pytest.mark.parametrize("value", ["bogus", "vmdls,bogus"])
+def test_an_unknown_detector_is_refused_by_the_parser(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        test_script.build_parser().parse_args(["--detector", value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"invalid choice: '{value}'" in err and "--detector" in err
+    args = test_script.build_parser().parse_args(["--detector", "vmdls,vmdls_latent", "knn"])
+    assert args.detector == ["vmdls,vmdls_latent", "knn"]  # experiments.evaluation splits the names
 
 
 @pytest.mark.parametrize("kind", ["vmdls", "ce"])
@@ -185,14 +196,12 @@ def test_the_linear_probe_changes_the_predictions_not_the_scores(checkpoints, tm
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from models.checkpoints import load_vmdls
-
     detectors = ["--detector", "vmdls", "vmdls_latent", "--unknown_dataset", "digits_unknown"]
     paper = run_test(checkpoints["vmdls"], tmp_path / "paper", *detectors)
     probed = run_test(checkpoints["vmdls"], tmp_path / "probe", *detectors, "--classifier", "h_linear")
     assert probed["classifier"] == "h_linear" and paper["classifier"] == "gaussians"
 
-    model, _ = load_vmdls(read_checkpoint(checkpoints["vmdls"]), {"in_channels": 1})
+    model = load_model(read_checkpoint(checkpoints["vmdls"]), {"in_channels": 1})
     data = KnownUnknownDataModule(known_dataset="digits", unknown_dataset="digits_unknown", class_num=CLASSES,
                                   data_transforms="blob", num_workers=0, batch_size=64)
     data.setup()

@@ -13,10 +13,10 @@ from scipy.stats import multivariate_normal
 
 import main as train_script
 import test as test_script
-from models.detector import FeatureEnsembleDetector, score_set
-from models.vmdls import VMDLS
-from models.gaussians import jitter_ladder
 from float_tolerance import assert_results_within, rank_allowances, score_band
+from models.detector import FeatureEnsembleDetector, score_set
+from models.gaussians import fit_jitter
+from models.vmdls import VMDLS
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_KEYS = {"auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr", "tnr_at_95_tpr", "detection_accuracy",
@@ -97,7 +97,8 @@ def test_detector_matches_numpy_and_scipy():
     test_y = torch.tensor([0, 1] * 4 + [2] * 4)
 
     detector = FeatureEnsembleDetector(model).fit(batches(train_x, train_y), score_statistics=False)
-    evaluation = score_set(detector.evaluate(batches(test_x, test_y)))
+    record = detector.evaluate(batches(test_x, test_y))
+    outlier = score_set(record)
 
     with torch.no_grad():
         def ensemble(x):
@@ -106,16 +107,16 @@ def test_detector_matches_numpy_and_scipy():
         f_train, f_test = ensemble(train_x), ensemble(test_x)
     assert f_train.shape[1] == 100 * 3 + 500 + 4
     covs = [np.cov(f_train[train_y.numpy() == c].T, bias=True) for c in range(2)]
-    jitter = jitter_ladder(torch.tensor(np.stack(covs)))
+    jitter = fit_jitter(torch.tensor(np.stack(covs)))[0]
     assert detector.gaussians.jitter == pytest.approx(jitter)
     expected = np.stack([
         multivariate_normal(f_train[train_y.numpy() == c].mean(0), covs[c] + jitter * np.eye(len(covs[c])),
                             allow_singular=False).logpdf(f_test) for c in range(2)], axis=1)
-    np.testing.assert_allclose(evaluation.log_likelihoods.numpy(), expected, rtol=1e-6)
-    np.testing.assert_array_equal(evaluation.predictions.numpy(), expected.argmax(1))
+    np.testing.assert_allclose(record.log_likelihoods.numpy(), expected, rtol=1e-6)
+    np.testing.assert_array_equal(record.own_predictions().numpy(), expected.argmax(1))
     top = expected.max() + 1
-    # l is large (a tight 804-dim Gaussian), so s = l - M keeps fewer significant digits
-    np.testing.assert_allclose(evaluation.scores.numpy(), expected.max(1) - top, rtol=0, atol=1e-6 * abs(top))
+    # l is large (a tight 804-dim Gaussian), so s = l - M keeps fewer significant digits; outlier score -s
+    np.testing.assert_allclose(-outlier.numpy(), expected.max(1) - top, rtol=0, atol=1e-6 * abs(top))
 
 
 def test_reconstruction_weighting_and_train_statistics():
@@ -125,27 +126,27 @@ def test_reconstruction_weighting_and_train_statistics():
     test_y = torch.tensor([0, 1, 0, 2, 2, 2])
 
     detector = FeatureEnsembleDetector(model, autoencoder).fit(batches(train_x, train_y), score_statistics=False)
-    evaluation = score_set(detector.evaluate(batches(test_x, test_y)))
+    record = detector.evaluate(batches(test_x, test_y))
     with torch.no_grad():
         tap = model.encoder(test_x)[1][0]
         tap_hat = model.encoder(autoencoder(test_x))[1][0]
     r = ((tap - tap_hat) ** 2).mean(1).double()
-    np.testing.assert_allclose(evaluation.reconstruction.numpy(), r.numpy(), rtol=1e-5)
-    l = evaluation.log_likelihoods
-    expected = (l.max(1).values - (l.max() + 1)) * (r / r.max())
-    np.testing.assert_allclose(evaluation.scores.numpy(), expected.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(record.reconstruction.numpy(), r.numpy(), rtol=1e-5)
+    likelihoods = record.log_likelihoods
+    expected = ((likelihoods.max() + 1) - likelihoods.max(1).values) * (r / r.max())
+    np.testing.assert_allclose(score_set(record).numpy(), expected.numpy(), rtol=1e-5)
 
     # 'train' mode: M and max r from the training set; one image scores alone, the same
     # whether or not other images come with it.
     trained = FeatureEnsembleDetector(model, autoencoder).fit(list(batches(train_x, train_y)))
-    together = trained.score(trained.evaluate(batches(test_x, test_y))).scores
-    torch.testing.assert_close(-trained.predict(test_x), together, rtol=0, atol=0)
+    together = trained.predict_record(trained.evaluate(batches(test_x, test_y)))
+    torch.testing.assert_close(trained.predict(test_x), together, rtol=0, atol=0)
     # Features of one image alone differ from the batched ones by float32 rounding (2e-6
     # relative), so the independence of the score from the other images is checked on
     # the same features.
     with torch.no_grad():
         features, reconstruction = trained.features(test_x)
-    alone = torch.cat([-trained.predict_features(features[i:i + 1], reconstruction[i:i + 1]) for i in range(6)])
+    alone = torch.cat([trained.predict_features(features[i:i + 1], reconstruction[i:i + 1]) for i in range(6)])
     torch.testing.assert_close(alone, together, rtol=1e-6, atol=1e-9)
 
 
@@ -234,13 +235,14 @@ def test_tensorboard_is_a_default_logger_and_csv_is_always_written(trained):
 
 
 def test_vmdls_takes_exactly_its_own_hyperparameters():
+    from models.checkpoints import build_model
     from models.vmdls import VMDLS
 
     with pytest.raises(TypeError):
         VMDLS(enc_type="mnist-conv", enc_out_dim=500, latnt_dim=8)
     args = train_script.build_parser().parse_args(["--enc_type", "mnist-conv", "--enc_out_dim", "500",
                                                    "--latent_dim", "8", "--num_workers", "3", "--gpus", "0,"])
-    model = VMDLS.from_args(args, in_channels=1)
+    model = build_model("vmdls", vars(args), {"in_channels": 1})
     assert set(model.hparams) == set(VMDLS.hyperparameter_names())
     assert model.hparams.latent_dim == 8 and "num_workers" not in model.hparams and "gpus" not in model.hparams
 
@@ -303,29 +305,46 @@ def test_train_statistics_never_reward_a_worse_reconstruction():
     assert float(detector.predict_features(far, torch.tensor([2.0], dtype=torch.float64))) == pytest.approx(expected)
 
 
-def test_the_readme_python_example_runs(trained, monkeypatch):
-    """README's "The detector from Python" block, run as written on a trained checkpoint."""
+def test_the_readme_python_example_runs(trained, tmp_path, monkeypatch):
+    """README's "The detector from Python" block, run as written from a folder that holds a
+    trained checkpoint where `make demo` writes its VMDLS model."""
+    import shutil
+
+    import pandas as pd
+
     checkpoint_path, _ = trained
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## The detector from Python"):]
     code = section[section.index("```python") + len("```python"):]
     code = code[:code.index("```")]
-    assert 'read_checkpoint("outputs/demo/train/checkpoints/last.ckpt")' in code
-    code = code.replace("outputs/demo/train/checkpoints/last.ckpt", checkpoint_path)
+    demo_checkpoint = tmp_path / "outputs" / "demo" / "seed0" / "digits" / "vmdls" / "checkpoints" / "last.ckpt"
+    demo_checkpoint.parent.mkdir(parents=True)
+    shutil.copyfile(checkpoint_path, demo_checkpoint)
+    monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     scores, x = namespace["outlier_scores"], namespace["x"]
     assert scores.shape == (len(x),) and torch.isfinite(scores).all()
     # The same images scored by test.py's path with training statistics.
     detector = namespace["detector"]
-    expected = detector.score(detector.evaluate([(x, namespace["y"])])).scores
-    torch.testing.assert_close(-scores, expected, rtol=0, atol=0)
+    expected = detector.predict_record(detector.evaluate([(x, namespace["y"])]))
+    torch.testing.assert_close(scores, expected, rtol=0, atol=0)
+    # The table is test.py's for the same detectors.
+    test_script.main(["--checkpoint_path", str(demo_checkpoint), "--detector", "vmdls", "vmdls_latent",
+                      "--data_transforms", "blob", "--num_workers", "0", "--accelerator", "cpu", "--offline",
+                      "--logger", "csv", "--output_dir", str(tmp_path / "eval")])
+    summary = pd.read_csv(tmp_path / "eval" / "summary.csv")
+    summary = summary[summary["unknown"] != "mean"]
+    table = namespace["result"].table
+    assert list(table["detector"]) == list(summary["method"]) and list(table["unknown"]) == list(summary["unknown"])
+    np.testing.assert_allclose(table[["auroc", "fpr_at_95_tpr"]].to_numpy(),
+                               summary[["auroc", "fpr_at_95_tpr"]].to_numpy(), rtol=1e-12)
 
 
 # --------------------------------------------------------------------------- the untrained reference
 
 def test_compare_untrained_reports_both_and_the_reference_is_the_runs_initialisation(trained, tmp_path, capsys):
-    from models.checkpoints import untrained_vmdls
+    from models.checkpoints import untrained_model
 
     checkpoint_path, _ = trained
     results = test_script.main(["--checkpoint_path", checkpoint_path, *FIXTURE_ARGS, "--compare_untrained",
@@ -340,22 +359,22 @@ def test_compare_untrained_reports_both_and_the_reference_is_the_runs_initialisa
 
     # No weight of the reference is a trained one ...
     checkpoint = torch.load(checkpoint_path, weights_only=False)
-    reference = untrained_vmdls(checkpoint)
+    reference = untrained_model(checkpoint)
     for name, value in reference.state_dict().items():
         if name.startswith(("encoder.", "fc_")) and value.is_floating_point() and "running" not in name:
             assert not torch.equal(value, checkpoint["state_dict"][name]), name
 
 
 def test_the_untrained_reference_has_the_weights_its_run_started_from(tmp_path):
-    from models.checkpoints import untrained_vmdls
+    from models.checkpoints import untrained_model
 
     start = train_script.main(DATA + ["--enc_type", "mnist-conv", "--enc_out_dim", "500", "--latent_dim", "8",
                                       "--data_transforms", "mnist", "--batch_classes", "4", "--sample_count", "8",
                                       "--max_steps", "0", "--seed", "7", "--logger", "csv",
                                       "--output_dir", str(tmp_path / "start")])
     checkpoint = torch.load(start, weights_only=False)
-    reference = untrained_vmdls(checkpoint)
+    reference = untrained_model(checkpoint)
     for name, value in reference.state_dict().items():
         torch.testing.assert_close(value, checkpoint["state_dict"][name], rtol=0, atol=0)
-    other_seed = untrained_vmdls(checkpoint, seed=8)
+    other_seed = untrained_model(checkpoint, seed=8)
     assert not torch.equal(other_seed.fc_mu.weight, reference.fc_mu.weight)

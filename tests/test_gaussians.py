@@ -1,11 +1,12 @@
-"""models.gaussians against numpy / scipy references."""
+"""models.class_statistics and models.gaussians against numpy / scipy references."""
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import Covariance, multivariate_normal
 
-from models.gaussians import ClassGaussians, ClassStatistics, jitter_ladder, quantile_bounds, smallest_working_step
+from models.class_statistics import ClassStatistics, quantile_bounds
+from models.gaussians import ClassGaussians, fit_jitter
 from utils.errors import UserError
 
 
@@ -17,6 +18,24 @@ def random_spd(rng, dim):
 def cholesky_works(covs, lam):
     eye = torch.eye(covs.shape[-1], dtype=torch.float64)
     return bool((torch.linalg.cholesky_ex(covs + lam * eye).info == 0).all())
+
+
+def smallest_working_step(covs, step=1e-6):
+    """The reference for the original's ladder: the smallest k >= 0 with every S_c + k*step*I
+    factorisable, by doubling then bisection (success is monotone in k)."""
+    if cholesky_works(covs, 0.0):
+        return 0
+    failing, working = 0, 1
+    while not cholesky_works(covs, working * step):
+        failing, working = working, 2 * working
+    while working - failing > 1:
+        middle = (failing + working) // 2
+        failing, working = (failing, middle) if cholesky_works(covs, middle * step) else (middle, working)
+    return working
+
+
+def jitter(covs, **kwargs):
+    return fit_jitter(covs, **kwargs)[0]
 
 
 # ---- ClassStatistics -------------------------------------------------------------------
@@ -68,8 +87,8 @@ def test_class_statistics_absent_class_reset_and_state_dict():
 def test_jitter_ladder_well_conditioned_is_two_steps():
     rng = np.random.default_rng(1)
     covs = torch.tensor(np.stack([random_spd(rng, 6) for _ in range(3)]))
-    assert smallest_working_step(covs) == 0
-    assert jitter_ladder(covs) == pytest.approx(2e-6)
+    assert cholesky_works(covs, 0.0)
+    assert jitter(covs) == pytest.approx(2e-6)
 
 
 @pytest.mark.parametrize("seed,scale", [(2, 1.0), (3, 1e3)])
@@ -86,22 +105,22 @@ def test_jitter_ladder_singular_covariance_finds_smallest_k(seed, scale):
     assert k >= 1
     assert cholesky_works(covs, k * step)
     assert not cholesky_works(covs, (k - 1) * step)
-    assert jitter_ladder(covs, step=step, extra_steps=2) == pytest.approx((k + 2) * step)
+    assert jitter(covs, step=step, extra_steps=2) == pytest.approx((k + 2) * step)
 
 
 def test_jitter_ladder_needs_many_steps_quickly():
     # A covariance with a clearly negative eigenvalue (-0.5) needs k ~ 5e5 steps of 1e-6.
     covs = torch.diag(torch.tensor([1.0, -0.5], dtype=torch.float64)).unsqueeze(0)
-    k = smallest_working_step(covs, step=1e-6)
+    k = round(jitter(covs) / 1e-6) - 2
     assert cholesky_works(covs, k * 1e-6) and not cholesky_works(covs, (k - 1) * 1e-6)
     assert 499_000 < k < 501_000
 
 
 def test_jitter_ladder_rejects_non_finite_and_hopeless_covariances():
     with pytest.raises(UserError):
-        jitter_ladder(torch.full((1, 2, 2), float("nan"), dtype=torch.float64))
+        jitter(torch.full((1, 2, 2), float("nan"), dtype=torch.float64))
     with pytest.raises(UserError):
-        jitter_ladder(-torch.eye(2, dtype=torch.float64).unsqueeze(0), max_steps=1000)
+        jitter(-torch.eye(2, dtype=torch.float64).unsqueeze(0), max_steps=1000)
 
 
 # ---- ClassGaussians ---------------------------------------------------------------------
@@ -134,7 +153,7 @@ def test_log_prob_chunks_and_singular_fit_from_statistics(monkeypatch):
     stats.update(torch.tensor(x), torch.tensor(y))
     gaussians = ClassGaussians.from_statistics(stats)
     assert gaussians.jitter > 2e-6
-    monkeypatch.setattr(gaussian_module, "_CHUNK_DOUBLES", 50)  # force many row chunks
+    monkeypatch.setattr(gaussian_module, "CHUNK_DOUBLES", 50)  # force many row chunks
     logp = gaussians.log_prob(torch.tensor(x))
     assert torch.isinf(logp[:, 2]).all()  # absent class never wins
     covs = stats.covariances().numpy()
@@ -171,7 +190,8 @@ def scipy_log_probs(means, covs, jitter, x, plain=True):
         if plain:
             out.append(multivariate_normal(mean, jittered).logpdf(x))
         else:
-            out.append(multivariate_normal(mean, Covariance.from_eigendecomposition(np.linalg.eigh(jittered))).logpdf(x))
+            covariance = Covariance.from_eigendecomposition(np.linalg.eigh(jittered))
+            out.append(multivariate_normal(mean, covariance).logpdf(x))
     return np.stack(out, axis=1)
 
 

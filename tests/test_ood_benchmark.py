@@ -1,7 +1,7 @@
-"""benchmarks/ood_benchmark.py: aggregation, report, dry runs and one tiny end-to-end run."""
+"""experiments/benchmark (python -m experiments.benchmark, benchmarks/ood_benchmark.py): aggregation, report,
+dry runs and tiny end-to-end runs."""
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
@@ -12,19 +12,10 @@ import sys
 import pytest
 
 from conftest import make_mnist_arrays, one_torch_thread, write_idx
+from experiments.benchmark import aggregate, cli, data, original, profiles, report, runner
+from experiments.benchmark import plan as planning
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("ood_benchmark", os.path.join(ROOT, "benchmarks", "ood_benchmark.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
 
 
 def _row(seed, method, unknown, auroc, fpr=0.1, setting="s"):
@@ -36,11 +27,11 @@ def _row(seed, method, unknown, auroc, fpr=0.1, setting="s"):
 def test_aggregate_means_sample_std_and_seeds():
     rows = [_row(0, "vmdls", "mnist", 0.9, 0.2), _row(1, "vmdls", "mnist", 0.8, 0.4), _row(2, "vmdls", "mnist", 0.7),
             _row(0, "msp", "mnist", 0.6)]
-    out = bench.aggregate(rows)
+    out = aggregate.aggregate(rows)
     assert [(r["method"], r["unknown"]) for r in out] == [("vmdls", "mnist"), ("msp", "mnist")]
     vmdls, msp = out
     for row in out:
-        assert set(bench.REQUIRED_KEYS) <= set(row)
+        assert set(aggregate.REQUIRED_KEYS) <= set(row)
     assert vmdls["auroc"] == pytest.approx(0.8)
     assert vmdls["auroc_std"] == pytest.approx(0.1)  # sample std (ddof=1) of 0.9, 0.8, 0.7
     assert vmdls["fpr_at_95_tpr"] == pytest.approx((0.2 + 0.4 + 0.1) / 3)
@@ -53,9 +44,9 @@ def test_aggregate_means_sample_std_and_seeds():
 
 
 def test_report_has_a_row_per_method_and_a_column_per_set(tmp_path):
-    rows = bench.aggregate([_row(s, m, u, a + 0.01 * s) for s in (0, 1) for m, a in (("vmdls", 0.9), ("msp", 0.7))
+    rows = aggregate.aggregate([_row(s, m, u, a + 0.01 * s) for s in (0, 1) for m, a in (("vmdls", 0.9), ("msp", 0.7))
                             for u in ("mnist", "noise")])
-    files = bench.write_report(rows, str(tmp_path), header="# header")
+    files = report.write_report(rows, str(tmp_path), header="# header")
     assert os.path.isfile(files["png"]) and os.path.getsize(files["png"]) > 0
     text = open(files["md"]).read()
     assert text.startswith("# header")
@@ -93,17 +84,17 @@ def _tables(text):
 
 
 def test_report_with_several_settings(tmp_path):
-    rows = bench.aggregate([_row(0, "vmdls", "omniglot", 0.9, setting="cnn_mnist"),
+    rows = aggregate.aggregate([_row(0, "vmdls", "omniglot", 0.9, setting="cnn_mnist"),
                             _row(0, "vmdls", "lsun-crop", 0.8, setting="cifar10_vgg"),
                             _row(0, "msp", "lsun-crop", 0.7, setting="cifar10_vgg")])
-    files = bench.write_report(rows, str(tmp_path))
+    files = report.write_report(rows, str(tmp_path))
     text = open(files["md"]).read()
     assert "| cnn_mnist | vmdls |" in text and "| cifar10_vgg | msp |" in text
     assert os.path.isfile(tmp_path / "auroc_cnn_mnist.png") and os.path.isfile(files["png"])
 
 
 def _dry(capsys, *argv):
-    assert bench.main(["--dry_run", *argv]) == []
+    assert cli.main(["--dry_run", *argv]) == []
     return capsys.readouterr().out
 
 
@@ -133,7 +124,7 @@ def test_paper_dry_run_mentions_every_setting(capsys, tmp_path):
     text = _dry(capsys, "--profile", "paper", "--seeds", "1", "--output_dir", str(tmp_path / "paper"),
                 "--data_dir", "/data", "--accelerator", "gpu")
     commands = [line for line in text.splitlines() if line.startswith("python ")]
-    for setting in bench.PAPER_ORDER:
+    for setting in original.PAPER_ORDER:
         assert f"/{setting}/vmdls" in text and f"/{setting}/ce" in text and f"/{setting}/eval_ce" in text
     for enc in ("mnist-conv", "vgg", "resnet18", "densenet", "wresnet"):
         assert f"--enc_type {enc} " in text
@@ -154,13 +145,13 @@ def test_paper_dry_run_mentions_every_setting(capsys, tmp_path):
 def test_tiny_end_to_end(tmp_path, capsys):
     out_dir = str(tmp_path / "tiny")
     argv = ["--profile", "tiny", "--output_dir", out_dir, "--seeds", "1", "--accelerator", "cpu"]
-    rows = bench.main(argv)
+    rows = cli.main(argv)
     capsys.readouterr()
     saved = json.load(open(os.path.join(out_dir, "results.json")))
     assert saved == json.loads(json.dumps(rows))
-    assert [r["method"] for r in saved] == list(bench.METHODS)
+    assert [r["method"] for r in saved] == list(planning.METHODS)
     for row in saved:
-        assert set(bench.REQUIRED_KEYS) <= set(row)
+        assert set(aggregate.REQUIRED_KEYS) <= set(row)
         assert row["unknown"] == "digits_unknown" and row["seeds"] == [0]
         assert 0.0 <= row["auroc"] <= 1.0 and not math.isnan(row["auroc"])
         assert row["eval_seconds"] > 0
@@ -172,17 +163,17 @@ def test_tiny_end_to_end(tmp_path, capsys):
     marker = os.path.join(out_dir, "seed0", "digits", "vmdls", "done.json")
     stamp = os.path.getmtime(marker)
     assert "[todo]" not in _dry(capsys, *argv)
-    assert bench.main(argv) == rows
+    assert cli.main(argv) == rows
     assert os.path.getmtime(marker) == stamp
     # A step left unfinished (its folder written, no done.json / summary.csv) runs again
     # over its own leftovers: the scripts refuse a used folder unless --overwrite.
     os.remove(os.path.join(out_dir, "seed0", "ae_digits", "done.json"))
     os.remove(os.path.join(out_dir, "seed0", "digits", "eval_ce", "summary.csv"))
-    assert [r["method"] for r in bench.main(argv)] == list(bench.METHODS)
+    assert [r["method"] for r in cli.main(argv)] == list(planning.METHODS)
     assert os.path.isfile(os.path.join(out_dir, "seed0", "ae_digits", "done.json"))
     # Another budget into the same folder stops.
     with pytest.raises(SystemExit):
-        bench.main(argv + ["--max_epochs", "2"])
+        cli.main(argv + ["--max_epochs", "2"])
 
 
 # --------------------------------------------------------------------------------------
@@ -215,9 +206,9 @@ def test_budget_flags_combine(tmp_path, capsys, train_n, test_n, unknown_n):
     assert all(("data/unknown/digits_unknown-4" in c) == bool(unknown_n) for c in tests)
     assert all((" digits_unknown " in c + " ") == (not unknown_n) for c in tests)
 
-    args = bench.parse(argv)
-    plan = bench.build_plan(args, bench.PROFILES["tiny"](args))
-    bench.materialise(plan, args.data_dir, lambda message: None)
+    args = cli.parse(argv)
+    plan = planning.build_plan(args, profiles.PROFILES["tiny"](args))
+    data.materialise(plan, args.data_dir, lambda message: None)
     known_dirs = list((out_dir / "data" / "known").glob("*")) if subset else []
     assert len(known_dirs) == int(subset) and (out_dir / "data" / "known").exists() == subset
     from datasets.registry import get_known_dataset
@@ -252,9 +243,9 @@ def test_quick_whole_known_set_with_unknown_subsets_end_to_end(tmp_path, capsys)
             "--train_images", "0", "--test_images", "0", "--unknown_images", "6", "--unknown", "mnist",
             "--max_epochs", "1", "--limit_train_batches", "1", "--ae_epochs", "1"]
     with one_torch_thread():
-        rows = bench.main(argv)
+        rows = cli.main(argv)
     capsys.readouterr()
-    assert [r["method"] for r in rows] == list(bench.METHODS)
+    assert [r["method"] for r in rows] == list(planning.METHODS)
     assert all(r["unknown"] == "mnist" and 0.0 <= r["auroc"] <= 1.0 for r in rows)
     assert not (out_dir / "data" / "known").exists()  # the known set read as it is
     assert _idx_count(out_dir / "data" / "unknown" / "mnist-6", "test") == 6
@@ -269,16 +260,18 @@ def test_quick_whole_known_set_with_unknown_subsets_end_to_end(tmp_path, capsys)
                                         ("--limit_train_batches", "-1"), ("--lr", "-0.1"), ("--lr", "nan")])
 def test_bad_budget_values_are_one_line(capsys, tmp_path, flag, value):
     with pytest.raises(SystemExit) as stop:
-        bench.main(["--dry_run", "--profile", "tiny", "--output_dir", str(tmp_path / "o"), flag, value])
+        cli.main(["--dry_run", "--profile", "tiny", "--output_dir", str(tmp_path / "o"), flag, value])
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert ": error: " in err[-1] and flag in err[-1] and value in err[-1]
 
 
-def test_bad_budget_value_from_the_command_line_has_no_traceback(tmp_path):
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ood_benchmark.py"), "--dry_run",
-                           "--output_dir", str(tmp_path / "o"), "--unknown_images", "-2"],
-                          capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("entry", [[os.path.join(ROOT, "benchmarks", "ood_benchmark.py")],
+                                   ["-m", "experiments.benchmark"]])
+def test_bad_budget_value_from_the_command_line_has_no_traceback(tmp_path, entry):
+    """Both entry points (the module and the thin script in benchmarks/) run the same main."""
+    done = subprocess.run([sys.executable, *entry, "--dry_run", "--output_dir", str(tmp_path / "o"),
+                           "--unknown_images", "-2"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].endswith("--unknown_images must be 0 or more, not -2")
 
@@ -289,11 +282,11 @@ def test_colour_known_set_with_subsets_is_one_sentence(tmp_path):
     from utils.errors import UserError
 
     write_cifar(str(tmp_path / "data"), 10)
-    args = bench.parse(["--profile", "paper", "--settings", "cifar10_vgg", "--data_dir", str(tmp_path / "data"),
+    args = cli.parse(["--profile", "paper", "--settings", "cifar10_vgg", "--data_dir", str(tmp_path / "data"),
                         "--output_dir", str(tmp_path / "o"), "--unknown", "noise", "--unknown_images", "3"])
-    plan = bench.build_plan(args, bench.PROFILES["paper"](args))
+    plan = planning.build_plan(args, profiles.PROFILES["paper"](args))
     with pytest.raises(UserError, match="--unknown_images write grey IDX subsets"):
-        bench.materialise(plan, args.data_dir, lambda message: None)
+        data.materialise(plan, args.data_dir, lambda message: None)
     assert not (tmp_path / "o").exists()
 
 
@@ -351,7 +344,7 @@ def test_standard_dry_run_lists_the_commands(capsys, tmp_path):
             assert flags["--data_transforms"] == "blob"
         detectors = sorted(tuple(f["--detector"]) if isinstance(f["--detector"], list) else (f["--detector"],)
                            for f in tests)
-        assert detectors == sorted([("vmdls", "vmdls_latent"), ("vmdls",), bench.CE_DETECTORS])
+        assert detectors == sorted([("vmdls", "vmdls_latent"), ("vmdls",), planning.CE_DETECTORS])
         assert sum("--compare_untrained" in f for f in tests) == 1
         assert sum("--ae_features" in f and f["--ae_checkpoint"].startswith(ae["--output_dir"]) for f in tests) == 1
     for name in ("mnist", "mnist_noise", "noise"):
@@ -366,11 +359,11 @@ def test_standard_dry_run_lists_the_commands(capsys, tmp_path):
 def test_standard_deviations_name_every_flag_that_differs_from_the_paper():
     """The standard profile's main.py flags against the paper's MNIST training line: every
     flag that differs (or is added) is named in the deviations list."""
-    paper = bench.read_original_training_lines()["cnn_mnist"]
+    paper = original.read_original_training_lines()["cnn_mnist"]
     paper = _flags("python main.py " + " ".join(paper))
-    args = bench.parse(["--profile", "standard", "--settings", "far", "near", "--dry_run"])
-    settings = bench.PROFILES["standard"](args)
-    deviations = " ".join(bench.standard_deviations(args, settings))
+    args = cli.parse(["--profile", "standard", "--settings", "far", "near", "--dry_run"])
+    settings = profiles.PROFILES["standard"](args)
+    deviations = " ".join(profiles.standard_deviations(args, settings))
     ignored = {"--gpus", "--data_dir", "--known_dataset", "--unknown_dataset", "--class_num"}  # per run / setting
     for setting in settings:
         ours = _flags("python main.py " + " ".join(setting.train_flags))
@@ -397,20 +390,20 @@ def test_standard_near_setting_plan(capsys, tmp_path):
     both = _dry(capsys, "--profile", "standard", "--settings", "far", "near", "--output_dir", str(tmp_path / "b"))
     assert sum(line.startswith("python ") for line in both.splitlines()) == 12
     with pytest.raises(SystemExit, match="far, near"):
-        bench.main(["--dry_run", "--profile", "standard", "--settings", "cnn_mnist"])
+        cli.main(["--dry_run", "--profile", "standard", "--settings", "cnn_mnist"])
 
 
 def test_progress_estimate():
-    step = lambda setting, label: bench.Step("train", "main.py", [], "", label, 0, setting)  # noqa: E731
+    step = lambda setting, label: planning.Step("train", "main.py", [], "", label, 0, setting)  # noqa: E731
     steps = [step("far", "train VMDLS"), step("near", "train VMDLS"), step("far", "evaluate")]
-    assert bench.estimate_left(steps, {}) is None
+    assert runner.estimate_left(steps, {}) is None
     timed = {("far", "train VMDLS"): [100.0, 200.0], ("far", "train cross-entropy"): [30.0]}
     # far/train: its own mean 150; near/train: the kind's mean 150; evaluate: every step's mean 110.
-    assert bench.estimate_left(steps, timed) == pytest.approx(150 + 150 + 110)
-    line = bench.progress_line(2, 6, 65, 410, 3, "seed 0 · far · train VMDLS")
+    assert runner.estimate_left(steps, timed) == pytest.approx(150 + 150 + 110)
+    line = runner.progress_line(2, 6, 65, 410, 3, "seed 0 · far · train VMDLS")
     assert line == ("[step 2/6] elapsed 0:01:05, estimate: ~7 min left (from 3 steps timed) · seed 0 · far · "
                     "train VMDLS")
-    assert "estimate: none yet" in bench.progress_line(1, 6, 0, None, 0, "x")
+    assert "estimate: none yet" in runner.progress_line(1, 6, 0, None, 0, "x")
 
 
 def test_standard_end_to_end_on_tiny_data(tmp_path, capsys):
@@ -423,16 +416,16 @@ def test_standard_end_to_end_on_tiny_data(tmp_path, capsys):
             str(out_dir), "--accelerator", "cpu", "--unknown_images", "6", "--max_epochs", "1",
             "--limit_train_batches", "1", "--ae_epochs", "1"]
     with one_torch_thread():
-        rows = bench.main(argv)
+        rows = cli.main(argv)
     text = capsys.readouterr().out
     far = [r for r in rows if r["setting"] == "fashion_mnist"]
     near = [r for r in rows if r["setting"] == "fashion_mnist_near"]
-    assert [(r["method"], r["unknown"]) for r in far] == [(m, u) for m in bench.METHODS
+    assert [(r["method"], r["unknown"]) for r in far] == [(m, u) for m in planning.METHODS
                                                           for u in ("mnist", "mnist_noise", "noise", "digits")]
-    assert [(r["method"], r["unknown"]) for r in near] == [(m, "fashion_mnist_unknown") for m in bench.METHODS]
-    assert all(0.0 <= r["auroc"] <= 1.0 and set(bench.REQUIRED_KEYS) <= set(r) for r in rows)
+    assert [(r["method"], r["unknown"]) for r in near] == [(m, "fashion_mnist_unknown") for m in planning.METHODS]
+    assert all(0.0 <= r["auroc"] <= 1.0 and set(aggregate.REQUIRED_KEYS) <= set(r) for r in rows)
     assert _idx_count(out_dir / "data" / "unknown" / "digits-6", "test") == 6
-    assert _idx_count(out_dir / "data" / "sets" / "digits", "test") == bench.DIGITS_IMAGES
+    assert _idx_count(out_dir / "data" / "sets" / "digits", "test") == profiles.DIGITS_IMAGES
     assert not (out_dir / "data" / "known").exists()
     # Progress: a line before each of the 12 steps, with the elapsed time and an estimate.
     progress = [line for line in text.splitlines() if line.startswith("[step ")]
@@ -450,7 +443,7 @@ def test_standard_end_to_end_on_tiny_data(tmp_path, capsys):
     timing = summary[-1]
     assert len(timing) == 4 and "| 0 | fashion_mnist |" in timing[2] and "| 0 | fashion_mnist_near |" in timing[3]
     # One setting of the same budget into the same folder: nothing runs again.
-    far_only = bench.main([a for a in argv if a != "near"])
+    far_only = cli.main([a for a in argv if a != "near"])
     text = capsys.readouterr().out
     assert far_only == far
     assert [line for line in text.splitlines() if line.startswith("[step ")] == \
@@ -464,12 +457,12 @@ def test_standard_end_to_end_on_tiny_data(tmp_path, capsys):
 # --------------------------------------------------------------------------------------
 def test_display_names_tell_sets_apart():
     names = ["folder:/d/same1/digits", "folder:/d/same2/digits", "digits", "mnist", "idx:/d/x", "folder:/d/x"]
-    shown = bench.display_names(names)
+    shown = planning.display_names(names)
     assert shown["folder:/d/same1/digits"] == "same1/digits" and shown["folder:/d/same2/digits"] == "same2/digits"
     assert shown["digits"] == "digits" and shown["mnist"] == "mnist"
     assert shown["idx:/d/x"].startswith("d/x~") and shown["folder:/d/x"].startswith("d/x~")
     assert len(set(shown.values())) == len(names)
-    assert bench.display_names(["folder:/d/a/b", "idx:/e/c"]) == {"folder:/d/a/b": "b", "idx:/e/c": "c"}
+    assert planning.display_names(["folder:/d/a/b", "idx:/e/c"]) == {"folder:/d/a/b": "b", "idx:/e/c": "c"}
 
 
 def test_sets_with_one_folder_name_are_rows_of_their_own(tmp_path):
@@ -481,28 +474,41 @@ def test_sets_with_one_folder_name_are_rows_of_their_own(tmp_path):
     sets = [f"folder:{tmp_path / 'same1' / 'digits'}", f"folder:{tmp_path / 'same2' / 'digits'}",
             f"folder:{tmp_path / 'a' / 'b'}", f"folder:{tmp_path / 'a_b'}"]
     out_dir = tmp_path / "out"
-    args = bench.parse(["--profile", "tiny", "--output_dir", str(out_dir), "--unknown", *sets])
-    subsets = bench.build_plan(args, bench.PROFILES["tiny"](args))
+    args = cli.parse(["--profile", "tiny", "--output_dir", str(out_dir), "--unknown", *sets])
+    subsets = planning.build_plan(args, profiles.PROFILES["tiny"](args))
     assert len({folder for _, _, _, folder, _ in subsets.data["unknown"]}) == len(sets)
-    args = bench.parse(["--profile", "tiny", "--output_dir", str(out_dir), "--unknown", *sets, "--unknown_images", "0"])
-    plan = bench.build_plan(args, bench.PROFILES["tiny"](args))
+    args = cli.parse(["--profile", "tiny", "--output_dir", str(out_dir), "--unknown", *sets, "--unknown_images", "0"])
+    plan = planning.build_plan(args, profiles.PROFILES["tiny"](args))
     for step in plan.steps:
         if step.kind != "test":
             continue
         os.makedirs(step.output_dir)
-        methods = {"eval_vmdls": ("vmdls", "vmdls_latent", "untrained"), "eval_vmdls_ae": ("vmdls",)}.get(
-            os.path.basename(step.output_dir), bench.CE_DETECTORS)
-        pd.DataFrame([{"method": method, "unknown": name, **{k: 0.5 + 0.1 * i for k in bench.METRICS}}
-                      for i, name in enumerate(step.unknown) for method in methods]).to_csv(step.done_file)
-    rows = bench.aggregate(bench.per_seed_rows(plan))
+        pd.DataFrame([{"method": method, "unknown": name, **{k: 0.5 + 0.1 * i for k in aggregate.METRICS}}
+                      for i, name in enumerate(step.unknown) for method in step.methods]).to_csv(step.done_file)
+    rows = aggregate.aggregate(aggregate.per_seed_rows(plan))
     vmdls = [r for r in rows if r["method"] == "vmdls"]
     assert [r["unknown_set"] for r in vmdls] == sets
     assert [r["unknown"] for r in vmdls] == ["same1/digits", "same2/digits", "b", "a_b"]
     assert [r["auroc"] for r in vmdls] == pytest.approx([0.5, 0.6, 0.7, 0.8])
     assert all(r["auroc_std"] == 0.0 and r["seeds"] == [0] for r in rows)
-    files = bench.write_report(rows, str(out_dir))
+    files = report.write_report(rows, str(out_dir))
     head = _tables(open(files["md"]).read())[0][0]
     assert "AUROC same1/digits" in head and "AUROC same2/digits" in head
+
+
+def test_the_plan_names_the_rows_of_each_evaluation(tmp_path):
+    """Method names come from the plan (each evaluation step knows its rows and the trainings
+    they cost), not from the evaluations' folder names."""
+    args = cli.parse(["--profile", "tiny", "--output_dir", str(tmp_path / "out")])
+    plan = planning.build_plan(args, profiles.PROFILES["tiny"](args))
+    named = {step.label: {summary: (m.name, m.trained_by) for summary, m in step.methods.items()}
+             for step in plan.steps if step.kind == "test"}
+    assert named == {
+        "evaluate VMDLS (+ untrained)": {"vmdls": ("vmdls", ("vmdls",)), "vmdls_latent": ("vmdls_latent", ("vmdls",)),
+                                         "untrained": ("untrained", ())},
+        "evaluate VMDLS, reconstruction-weighted": {"vmdls": ("vmdls_ae", ("vmdls", "ae"))},
+        "evaluate cross-entropy baselines": {d: (d, ("ce",)) for d in planning.CE_DETECTORS}}
+    assert all(not step.methods for step in plan.steps if step.kind != "test")
 
 
 def test_an_unwritable_output_folder_is_one_sentence(tmp_path, capsys):
@@ -511,7 +517,7 @@ def test_an_unwritable_output_folder_is_one_sentence(tmp_path, capsys):
     taken = tmp_path / "taken"
     taken.write_text("a file")
     with pytest.raises(SystemExit) as exit_info:
-        run_main(lambda: bench.main(["--profile", "tiny", "--output_dir", str(taken), "--accelerator", "cpu"]))
+        run_main(lambda: cli.main(["--profile", "tiny", "--output_dir", str(taken), "--accelerator", "cpu"]))
     assert exit_info.value.code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines == [f"error: {taken} is a file, not a folder, so the run cannot write into it; remove it or pick "

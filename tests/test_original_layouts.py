@@ -21,17 +21,18 @@ import torch
 
 import main as train_script
 import test as test_script
-from models.backbones import build_backbone
-from models.checkpoints import load_vmdls, read_checkpoint
-from utils.torch_files import as_plain_dict
 from conftest import one_torch_thread, write_cifar
+from models.backbones import build_backbone
+from models.checkpoints import load_model, read_checkpoint
+from utils.torch_files import as_plain_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ["--accelerator", "cpu", "--gpus", "0,", "--num_workers", "0", "--offline", "--logger", "csv"]
 
 # Distinctive names of each original encoder, as its checkpoints hold them.
 ORIGINAL_KEYS = {
-    "densenet": ("encoder.conv1.weight", "encoder.block1.layer.0.bn1.running_mean", "encoder.block1.layer.15.conv2.weight",
+    "densenet": ("encoder.conv1.weight", "encoder.block1.layer.0.bn1.running_mean",
+                 "encoder.block1.layer.15.conv2.weight",
                  "encoder.trans1.conv1.weight", "encoder.trans2.bn1.running_var", "encoder.bn1.weight",
                  "encoder.fc.weight"),
     "wresnet": ("encoder.conv1.weight", "encoder.block1.layer.0.convShortcut.weight",
@@ -109,7 +110,8 @@ def lightning_1_1_checkpoint(backbone: torch.nn.Module, hparams, latent_dim: int
         "epoch": 500, "global_step": 195500, "pytorch-lightning_version": "1.1.0",
         "callbacks": {ModelCheckpoint: {"monitor": "f1_score", "best_model_score": torch.tensor(0.93),
                                         "best_model_path": "checkpoints/cifar_known/VMDLS-1/checkpoint-487-0.930.ckpt",
-                                        "current_score": torch.tensor(0.92), "dirpath": "checkpoints/cifar_known/VMDLS-1/"}},
+                                        "current_score": torch.tensor(0.92),
+                                        "dirpath": "checkpoints/cifar_known/VMDLS-1/"}},
         "optimizer_states": [{"state": {}, "param_groups": [{"lr": 1e-5, "momentum": 0.9, "dampening": 0,
                                                                "weight_decay": 0.0001, "nesterov": True,
                                                                "initial_lr": 0.001, "params": parameters}]}],
@@ -152,8 +154,7 @@ def evaluate(tmp_path, checkpoint: dict, argv: list[str]) -> dict:
     for name in ORIGINAL_KEYS[as_plain_dict(checkpoint["hyper_parameters"])["enc_type"]]:
         assert name in checkpoint["state_dict"], name
     # The weights load as saved (batch-norm statistics included); nothing is re-initialised.
-    model, missing = load_vmdls(read_checkpoint(str(path)), {"in_channels": 1 if "mnist" in str(argv) else 3})
-    assert missing == []
+    model = load_model(read_checkpoint(str(path)), {"in_channels": 1 if "mnist" in str(argv) else 3})
     for key, value in model.state_dict().items():
         if key in checkpoint["state_dict"]:
             assert torch.equal(value, checkpoint["state_dict"][key]), key

@@ -77,3 +77,23 @@ def test_a_failed_write_leaves_the_previous_figure_whole(tmp_path, data, monkeyp
     assert (tmp_path / "roc.png").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["roc.png"]  # no temporary file left
     assert_png(path)
+
+
+def test_plotting_changes_no_global_state(tmp_path):
+    """Importing and using the module neither imports pyplot nor chooses a backend."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import sys, matplotlib\n"
+        "before = dict.__getitem__(matplotlib.rcParams, 'backend')\n"
+        "from utils import plots\n"
+        f"plots.plot_roc([0, 1], [0, 1], 0.5, {str(tmp_path / 'roc.png')!r})\n"
+        "print('matplotlib.pyplot' in sys.modules, dict.__getitem__(matplotlib.rcParams, 'backend') == before)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "True"]
+    assert_png(tmp_path / "roc.png")

@@ -11,12 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import one_torch_thread, write_images
 import main as train_script
 import test as test_script
-from utils.cli import OutputFolder, run_main
+from conftest import one_torch_thread, write_images
+from experiments.reporting import set_folder
+from utils.cli import run_main
 from utils.errors import UserError
-from utils.loggers import RunCSVLogger, atomic_path
+from utils.lightning_loggers import RunCSVLogger
+from utils.run_folder import OutputFolder, atomic_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,14 +143,14 @@ def test_the_demo_starts_afresh_each_time():
     demo = text[text.index("\ndemo:"):text.index("\ntest:")]
     lines = [line.strip() for line in demo.splitlines() if line.strip() and not line.startswith("demo:")]
     assert lines[0] == "rm -rf $(DEMO_DIR)"
-    assert "benchmarks/ood_benchmark.py --profile demo" in lines[1] and "--output_dir $(DEMO_DIR)" in lines[1]
+    assert "-m experiments.benchmark --profile demo" in lines[1] and "--output_dir $(DEMO_DIR)" in lines[1]
 
 
 def test_an_autoencoder_run_into_a_folder_with_an_unrecorded_run_is_refused(tmp_path, capsys):
     """A last.ckpt that no run recorded (an earlier version's run, or a user's file) is
     never replaced, not even with --overwrite: nothing says it is a run's."""
     import mnist_ae
-    from utils.autoencoder_training import train_autoencoder
+    from experiments.autoencoders import train_autoencoder
 
     (tmp_path / "last.ckpt").write_bytes(b"previous")
     for extra in ([], ["--overwrite"]):
@@ -262,7 +264,7 @@ def test_an_evaluation_never_leaves_results_beside_another_runs_plots(base, tmp_
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(test_script, "write_scores", killed)  # killed after the plots, before the results
+    monkeypatch.setattr("experiments.reporting.write_scores", killed)  # killed after the plots, before the results
     (out / "roc.png").write_bytes(b"previous")
     with pytest.raises(KeyboardInterrupt):
         evaluate(base, out, "--overwrite")
@@ -308,7 +310,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path, capsys, monkeypatch
                if v.is_floating_point() and "bounds" not in k)
 
 
-# ------------------------------------------------------------------------------ issue 18: records, unique outputs, the lock
+# ------------------------------------------------------------------- issue 18: records, unique outputs, the lock
 
 def snapshot(folder) -> dict:
     """Every file under ``folder`` (links not followed) with its bytes, but the lock."""
@@ -368,7 +370,8 @@ def test_a_folder_of_an_earlier_version_is_refused_naming_its_kind_and_offering_
         last = used / "checkpoints" / "last.ckpt"
         assert line == (f"error: {used} seems to hold a training run (args.json) written by a version that did not "
                         "record a run's files, so a new run may not write there, even with --overwrite; resume it "
-                        f"with --checkpoint_path {last}, move or remove its files by hand, or pick another --output_dir")
+                        f"with --checkpoint_path {last}, move or remove its files by hand, or pick another "
+                        "--output_dir")
         assert snapshot(used) == before
     (used / "checkpoints" / "last.ckpt").unlink()
     line = refused(capsys, lambda: train(used, "--max_steps", "2"))
@@ -542,10 +545,10 @@ def test_unknown_sets_whose_names_read_alike_get_their_own_folders(base, tmp_pat
     names = [f"folder:{folder}" for folder in sizes]
     out = tmp_path / "eval"
     evaluate(base, out, "--unknown_dataset", *names)
-    folders = {test_script.set_folder(str(out), name, True) for name in names}
+    folders = {set_folder(str(out), name, True) for name in names}
     assert len(folders) == len(names) and all(len(os.path.basename(f)) <= 90 for f in folders)
     for name, count in zip(names, sizes.values()):
-        results = json.loads(Path(test_script.set_folder(str(out), name, True), "results.json").read_text())
+        results = json.loads(Path(set_folder(str(out), name, True), "results.json").read_text())
         assert results["unknown_dataset"] == name and results["n_unknown"] == count
     summary = pd.read_csv(out / "summary.csv")
     assert sorted(summary["unknown"][summary["unknown"] != "mean"]) == sorted(names)

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import one_torch_thread
 import main as train_script
 import test as test_script
+from conftest import one_torch_thread
 from models.checkpoints import SafeCheckpointIO, read_checkpoint
 from utils.cli import run_main
 from utils.errors import UserError
@@ -89,7 +89,7 @@ def one_thread():
 def trained(tmp_path_factory):
     """A VMDLS checkpoint and an autoencoder checkpoint, each trained for two steps."""
     import mnist_ae
-    from utils.autoencoder_training import train_autoencoder
+    from experiments.autoencoders import train_autoencoder
 
     root = tmp_path_factory.mktemp("trained")
     checkpoint = train_script.main(DATA + TRAIN + ["--max_epochs", "1", "--output_dir", str(root / "train")])
@@ -210,8 +210,9 @@ def test_a_dotted_name_cannot_reach_an_attribute_of_an_allowed_class(tmp_path):
             pickle.dump(part, handle, protocol=2)
         handle.write(data)
         pickle.dump([], handle, protocol=2)
-    with pytest.raises(UserError, match="--trust_checkpoint"):
+    with pytest.raises(UserError) as info:
         read_torch_file(str(path), "checkpoint", "x")
+    assert "--trust_checkpoint" in info.value.for_command_line()
 
 
 # ------------------------------------------------------------------------------ the three flags
@@ -264,8 +265,9 @@ def test_lightnings_resume_load_goes_through_the_safe_reader(trained, tmp_path):
     checkpoint, _ = trained
     marker = tmp_path / "MARKER"
     evil = with_payload(checkpoint, tmp_path / "evil.ckpt", SystemPayload(marker))
-    with pytest.raises(UserError, match="--trust_checkpoint"):
+    with pytest.raises(UserError) as info:
         SafeCheckpointIO().load_checkpoint(evil)
+    assert "--trust_checkpoint" in info.value.for_command_line()
     assert not marker.exists()
     assert "payload" in SafeCheckpointIO(trust=True).load_checkpoint(evil) and marker.exists()
 

@@ -36,9 +36,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import main as train_script  # noqa: E402
-from conftest import one_torch_thread, write_idx_folder  # noqa: E402
 import mnist_ae  # noqa: E402
 import test as test_script  # noqa: E402
+from conftest import one_torch_thread, write_idx_folder  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "short_run_statistics.pt"
 
@@ -234,18 +234,18 @@ def test_the_direct_metric_loss_is_the_librarys_bit_for_bit():
 
 
 def test_the_class_statistics_from_a_label_layout_are_the_padded_forms_bit_for_bit(monkeypatch):
-    from models import gaussians
+    from models import class_statistics
 
     rng = torch.Generator().manual_seed(1)
     batches = [(torch.randn(24, 5, generator=rng), torch.arange(6).repeat_interleave(4)),
                (torch.randn(9, 5, generator=rng), torch.tensor([2, 0, 2, 2, 5, 0, 3, 3, 2])),
                (torch.randn(7, 5, generator=rng), torch.tensor([0, 1, 7, -1, 1, 0, 4])),  # labels outside 0..K-1
                (torch.randn(6, 5, generator=rng), torch.tensor([0, 1, 2, 3, 4, 5]))]
-    with_layout = gaussians.ClassStatistics(6, 5)
+    with_layout = class_statistics.ClassStatistics(6, 5)
     for x, y in batches:
         with_layout.update(x, y)
-    monkeypatch.setattr(gaussians.LabelLayout, "of", classmethod(lambda cls, y, k: None))
-    padded = gaussians.ClassStatistics(6, 5)
+    monkeypatch.setattr(class_statistics.LabelLayout, "of", classmethod(lambda cls, y, k: None))
+    padded = class_statistics.ClassStatistics(6, 5)
     for x, y in batches:
         padded.update(x, y)
     for name in ("count", "sum", "outer"):
@@ -254,7 +254,7 @@ def test_the_class_statistics_from_a_label_layout_are_the_padded_forms_bit_for_b
 
 def test_train_score_statistics_take_one_pass_over_the_training_set():
     from models.detector import FeatureEnsembleDetector
-    from models.evaluation import Evaluator
+    from models.evaluation import evaluate
     from models.vmdls import VMDLS
 
     torch.manual_seed(0)
@@ -269,12 +269,12 @@ def test_train_score_statistics_take_one_pass_over_the_training_set():
             return super().__iter__()
 
     loader = Counted([(x[:6], y[:6]), (x[6:], y[6:])])
-    evaluator = Evaluator(model, "vmdls", ["vmdls"], autoencoder=torch.nn.Identity(), score_stats="train")
-    evaluator.fit(loader)
+    paper = evaluate(model, "vmdls", loader, [(x[:6], y[:6])], {}, ["vmdls"], num_classes=2,
+                     autoencoder=torch.nn.Identity(), score_stats="train").detectors["vmdls"]
     assert Counted.passes == 1
     two_passes = FeatureEnsembleDetector(model, torch.nn.Identity()).fit(list(loader), keep_limit=0)
-    assert evaluator.paper.max_log_likelihood == two_passes.max_log_likelihood
-    assert evaluator.paper.max_reconstruction == two_passes.max_reconstruction
+    assert paper.max_log_likelihood == two_passes.max_log_likelihood
+    assert paper.max_reconstruction == two_passes.max_reconstruction
 
 
 def test_channels_last_changes_no_feature():
@@ -292,7 +292,8 @@ def test_channels_last_changes_no_feature():
                                                 latent_dim=4, class_num=2, in_channels=1).state_dict())
 
 
-@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on the CPU needs a C++ compiler")
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")),
+                    reason="torch.compile on the CPU needs a C++ compiler")
 def test_compile_trains_the_same_model_under_the_same_names(tmp_path):
     """--compile: the backbone compiled in place and the metric loss on its compiled dense grid
     give the same training (to float32 rounding: other kernels, another summation order),

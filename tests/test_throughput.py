@@ -15,11 +15,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import throughput  # noqa: E402
 from datasets import sources  # noqa: E402
 from models import backbones  # noqa: E402
+from utils import flags  # noqa: E402
 
 
 def test_throughput_writes_the_issues_table_for_one_backbone(tmp_path, monkeypatch, capsys):
-    for registry in ("BACKBONES", "_FEATURE_DIMS", "_TAP_DIMS"):  # tiny-conv stays out of the real registry
-        monkeypatch.setattr(backbones, registry, dict(getattr(backbones, registry)))
+    monkeypatch.setattr(backbones, "BACKBONES", dict(backbones.BACKBONES))  # tiny-conv stays out of the real one
+    monkeypatch.setattr(flags, "ENC_TYPES", flags.ENC_TYPES)  # and out of --enc_type's choices
     out = tmp_path / "out"
     result = throughput.main(["--backbones", "tiny-conv", "--accelerator", "cpu", "--epochs", "2",
                               "--limit_train_batches", "2", "--sample_count", "2", "--latent_dim", "4",

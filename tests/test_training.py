@@ -11,6 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+import experiments.training as training
 import main as train_script
 from conftest import one_torch_thread
 from models.backbones import build_backbone
@@ -191,7 +192,7 @@ def test_finetune_resumes_from_every_checkpoint(tmp_path, monkeypatch, one_threa
     common = ("--finetune", "--weights", str(tmp_path / "backbone.pt"), "--finetune_epochs", "2",
               "--finetune_lr", "0.01", "--generation_epoch", "1", "--limit_train_batches", "2",
               "--limit_val_batches", "0", "--max_epochs", "4")
-    build_callbacks = train_script.build_callbacks
+    build_callbacks = training.build_callbacks
 
     def keep_every_epoch(args, checkpoint_dir):  # the uninterrupted run keeps each epoch's checkpoint
         callbacks, checkpoint = build_callbacks(args, checkpoint_dir)
@@ -199,7 +200,7 @@ def test_finetune_resumes_from_every_checkpoint(tmp_path, monkeypatch, one_threa
         return callbacks, checkpoint
 
     with monkeypatch.context() as patch:
-        patch.setattr(train_script, "build_callbacks", keep_every_epoch)
+        patch.setattr(training, "build_callbacks", keep_every_epoch)
         whole = load(train(tmp_path / "whole", *common))
     every = {epoch: str(tmp_path / "whole" / "checkpoints" / f"epoch{epoch:03d}.ckpt") for epoch in range(3)}
     heads, everything = 4, len(whole["optimizer_states"][0]["param_groups"][0]["params"])
@@ -241,13 +242,13 @@ class FirstStepProbe(pl.Callback):
 
 def probe_training(monkeypatch) -> FirstStepProbe:
     """The next main.py run's trainer gets a FirstStepProbe among its callbacks."""
-    probe, build_callbacks = FirstStepProbe(), train_script.build_callbacks
+    probe, build_callbacks = FirstStepProbe(), training.build_callbacks
 
     def with_probe(args, checkpoint_dir):
         callbacks, checkpoint = build_callbacks(args, checkpoint_dir)
         return [*callbacks, probe], checkpoint
 
-    monkeypatch.setattr(train_script, "build_callbacks", with_probe)
+    monkeypatch.setattr(training, "build_callbacks", with_probe)
     return probe
 
 
@@ -333,9 +334,9 @@ def test_initial_sampling_std_sets_the_starting_std():
 
 def test_on_the_demos_data_and_schedule_the_latent_learns_the_classes(tmp_path):
     """The validation Gaussians of mu classify the known digits well above chance (1/6) at
-    the demo's last epoch (make demo's flags: benchmarks/ood_benchmark.py DEMO_TRAIN), and
+    the demo's last epoch (make demo's flags: experiments/benchmark/profiles.py DEMO_TRAIN), and
     better than after its first."""
-    from benchmarks.ood_benchmark import DEMO_TRAIN
+    from experiments.benchmark.profiles import DEMO_TRAIN
 
     argv = ["--known_dataset", "digits", "--unknown_dataset", "digits_unknown", "--class_num", "6", *DEMO_TRAIN,
             "--accelerator", "cpu", "--num_workers", "0", "--offline", "--logger", "csv", "--output_dir",

@@ -9,15 +9,20 @@ import re
 # (most recent call last):\n ... \nutils.errors.UserError: <the sentence>\n".
 _WORKER_WRAPPED = re.compile(r"\ACaught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
 
+# A setting named in a message, in backquotes (`output_dir`): the scripts show it as its flag.
+_NAMED_SETTING = re.compile(r"`([a-z][a-z0-9_]*)`")
+
 
 class UserError(ValueError):
     """A value that cannot be used: the message says, in plain words, what is wrong.
 
     Library code raises it with ``setting``, the name of the parameter at fault (for
-    example ``"class_num"``), and leaves command-line flags out of the message. The
-    scripts' entry point (``utils.cli.run_main``) prints it as one line, adds the flag to
-    change, as "(change --class_num)", when the message does not already name it, and exits with
-    status 2, so no traceback reaches the user.
+    example ``"class_num"``), and leaves command-line flags out of the message: a setting
+    the sentence names is written in backquotes (``"pick another `output_dir`"``). The
+    scripts' entry point (``utils.cli.run_main``) prints it as one line
+    (:meth:`for_command_line`: each backquoted setting becomes its flag, ``--output_dir``,
+    and the flag to change is added, as "(change --class_num)", when the message does not
+    already name it), and exits with status 2, so no traceback reaches the user.
 
     A UserError raised in a DataLoader worker reaches the main process as the same
     sentence: the worker's traceback that the DataLoader wraps around it is dropped here
@@ -31,8 +36,8 @@ class UserError(ValueError):
         self.setting = setting
 
     def for_command_line(self) -> str:
-        """The message as a script prints it: with the flag to change, once."""
-        message = str(self)
+        """The message as a script prints it: settings as their flags, with the flag to change, once."""
+        message = _NAMED_SETTING.sub(r"--\1", str(self))
         if self.setting and f"--{self.setting}" not in message:
             message = f"{message.rstrip('.')} (change --{self.setting})"
         return message

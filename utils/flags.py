@@ -25,9 +25,18 @@ import math
 import os
 
 from utils.cli import fast_dev_run_value, int_or_float
+from utils.loggers import DEFAULT_LOGGERS, LOGGERS
+from utils.names import split_names
 
-LOGGERS = ("csv", "tensorboard", "wandb", "mlflow", "neptune")
-DEFAULT_LOGGERS = ("csv", "tensorboard")
+# The names of models.backbones.BACKBONES, datasets.transforms.DATA_TRANSFORMS and models.kinds.KINDS,
+# repeated here because utils imports neither (tests check they agree).
+ENC_TYPES = ("mnist-conv", "vgg", "resnet18", "resnet50", "densenet", "wresnet")
+DATA_TRANSFORMS = ("mnist", "cifar", "cifar_test", "blob")
+OBJECTIVES = ("vmdls", "ce")
+# Lightning 2's precision names (lightning_fabric.connector._PRECISION_INPUT), kept here so
+# that --help and parsing need no Lightning import.
+PRECISIONS = ("64", "32", "16", "bf16", "64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed",
+              "transformer-engine", "transformer-engine-float16")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -80,8 +89,8 @@ def add_known_data_args(group_or_parser, *, known_dataset: str = "mnist", data_t
     add("--known_dataset", default=known_dataset, type=str,
         help="known (in-distribution) dataset, e.g. mnist, cifar_known, cifar100_known, digits")
     add("--data_dir", default=".", type=str, help="folder holding every dataset")
-    add("--data_transforms", default=data_transforms, type=str,
-        help="mnist, cifar, cifar_test or blob: augmentation while training and the normalisation")
+    add("--data_transforms", default=data_transforms, choices=DATA_TRANSFORMS,
+        help="augmentation while training and the normalisation")
     add("--class_num", type=positive(int), default=class_num, help=class_num_help)
     add("--batch_size", type=positive(int), default=256, help=batch_size_help)
 
@@ -91,16 +100,10 @@ class JoinNames(argparse.Action):
     single name is stored exactly as before (checkpoints and args.json included)."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        names = [name.strip() for value in values for name in str(value).split(",") if name.strip()]
+        names = split_names(values)
         if not names:
             parser.error(f"{option_string} needs at least one dataset name")
-        setattr(namespace, self.dest, ",".join(dict.fromkeys(names)))
-
-
-def split_names(value) -> list[str]:
-    """The names of a comma-separated string (or a list of them), in order, without repeats."""
-    values = value if isinstance(value, (list, tuple)) else [value]
-    return list(dict.fromkeys(n.strip() for v in values for n in str(v).split(",") if n.strip()))
+        setattr(namespace, self.dest, ",".join(names))
 
 
 def add_data_args(parser: argparse.ArgumentParser, hide_training: bool = False) -> None:
@@ -120,18 +123,18 @@ def add_data_args(parser: argparse.ArgumentParser, hide_training: bool = False) 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """The architecture: what a checkpoint records, and test.py takes from it unless given."""
     add = parser.add_argument_group("model").add_argument
-    add("--enc_type", type=str, default="resnet18", help="mnist-conv, vgg, resnet18, resnet50, densenet or wresnet")
+    add("--enc_type", choices=ENC_TYPES, default="resnet18", help="the backbone")
     add("--first_conv", action="store_true", help="ResNet: the 7x7 stride-2 stem")
     add("--maxpool1", action="store_true", help="ResNet: a max-pool after the stem")
     add("--enc_out_dim", type=positive(int), default=512,
-        help="backbone feature size: 500/1024/512/2048/342/640 for mnist-conv/vgg/resnet18/resnet50/densenet/wresnet")
+        help="size of the backbone's feature h: the backbone's own width (another is refused, naming it)")
     add("--latent_dim", type=positive(int), default=256, help="size of the latent mu and z")
 
 
 def add_training_args(parser: argparse.ArgumentParser, hidden: bool = False) -> None:
     """The objective, the losses, the optimiser, the margin schedule and fine-tuning (main.py)."""
     add = _adder(parser.add_argument_group("training"), hidden)
-    add("--objective", choices=("vmdls", "ce"), default="vmdls",
+    add("--objective", choices=OBJECTIVES, default="vmdls",
         help="vmdls: the paper's losses; ce: a plain cross-entropy classifier on the same backbone, data and "
              "schedule, the baseline for test.py --detector msp/energy/...")
     add("--kl_coeff", type=at_least(0.0, float, at_most=FLOAT32_MAX), default=0.1,
@@ -171,7 +174,8 @@ def add_trainer_args(parser: argparse.ArgumentParser, max_epochs: int | None = N
     """Lightning's loop settings that the original README uses, plus the modern ones."""
     add = _adder(parser.add_argument_group("trainer"), hidden)
     add("--strategy", type=strategy_name, default="auto", help="auto, ddp, ... (Lightning's strategy registry)")
-    add("--precision", type=precision_name, default="32-true", help="32-true, 16-mixed, bf16-mixed, ...")
+    add("--precision", choices=PRECISIONS, default="32-true", metavar="PRECISION",
+        help="Lightning's precision: 32-true, 16-mixed, bf16-mixed, ...")
     add("--max_epochs", type=at_least(0, int, or_minus_one=True), default=max_epochs,
         help="epochs to train (-1: no limit)")
     add("--max_steps", type=at_least(0, int, or_minus_one=True), default=-1,
@@ -281,18 +285,6 @@ def dev_run_batches(text: str) -> int | bool:
     return value
 
 
-# Lightning 2's precision names (lightning_fabric.connector._PRECISION_INPUT), kept here so
-# that --help and parsing need no Lightning import.
-PRECISIONS = ("64", "32", "16", "bf16", "64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed",
-              "transformer-engine", "transformer-engine-float16")
-
-
-def precision_name(text: str) -> str:
-    if text not in PRECISIONS:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a precision; choose one of {', '.join(PRECISIONS)}")
-    return text
-
-
 def strategy_name(text: str) -> str:
     """A strategy of Lightning's registry (or auto / ddp / ...), checked without importing
     Lightning for the default."""
@@ -300,7 +292,8 @@ def strategy_name(text: str) -> str:
         return text
     from pytorch_lightning.strategies import StrategyRegistry
 
-    known = ("auto", "single_device", "dp", "ddp", "ddp_spawn", "fsdp", "deepspeed", *StrategyRegistry.available_strategies())
+    known = ("auto", "single_device", "dp", "ddp", "ddp_spawn", "fsdp", "deepspeed",
+             *StrategyRegistry.available_strategies())
     if text not in known:
         raise argparse.ArgumentTypeError(f"{text!r} is not a strategy; use auto, ddp, ddp_spawn, fsdp or another "
                                          "name of Lightning's strategy registry")

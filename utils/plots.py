@@ -1,8 +1,9 @@
 """Figures for the evaluation report: ROC, macro-F1 curve, score histograms, t-SNE.
 
-Every function takes plain data and an output path, writes a PNG (dpi 150), closes its
-figure (so long runs do not accumulate open figures) and returns the path. The Agg
-backend is forced because training and evaluation run headless.
+Every function takes plain data and an output path, writes a PNG (dpi 150) and returns
+the path. The figures are drawn on their own Agg canvas, without pyplot: nothing here
+chooses a backend or keeps a figure open, so importing or calling it changes no global
+state, and it works headless.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
-
-from utils.loggers import atomic_path  # noqa: E402
+from utils.run_folder import atomic_path
 
 DPI = 150
 UNKNOWN_COLOUR = "black"
@@ -31,18 +31,22 @@ def _to_numpy(values) -> np.ndarray:
     return np.asarray(values)
 
 
-def _save(fig, path) -> str:
+def _axes(figsize: tuple[float, float]):
+    """A new figure on its own Agg canvas, and its one axes."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _save(fig: Figure, path) -> str:
     path = os.fspath(path)
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)
-    try:
-        fig.tight_layout()
-        # Through a temporary file: a failed or interrupted write leaves the previous figure whole.
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=DPI, format=os.path.splitext(path)[1].lstrip(".") or "png")
-    finally:
-        plt.close(fig)
+    fig.tight_layout()
+    # Through a temporary file: a failed or interrupted write leaves the previous figure whole.
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format=os.path.splitext(path)[1].lstrip(".") or "png")
     return path
 
 
@@ -53,7 +57,7 @@ def plot_roc(fpr, tpr, auroc: float, path, fpr_at_95: Optional[float] = None,
     When ``fpr_at_95`` is given, the operating point (FPR at ``tpr_target`` TPR) is marked.
     """
     fpr, tpr = _to_numpy(fpr), _to_numpy(tpr)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = _axes((5, 5))
     ax.plot(fpr, tpr, color="tab:blue", lw=2, label=f"ROC (AUROC = {auroc:.4f})")
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="chance")
     if fpr_at_95 is not None:
@@ -72,8 +76,8 @@ def plot_roc(fpr, tpr, auroc: float, path, fpr_at_95: Optional[float] = None,
 def plot_roc_sets(curves: dict, path, title: str = "ROC: known vs each unknown set") -> str:
     """One ROC curve per unknown set on one figure: ``curves`` maps a set's name to
     ``(fpr, tpr, auroc)``; the legend gives each set's AUROC."""
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    colours = plt.get_cmap("tab10")
+    fig, ax = _axes((5.5, 5))
+    colours = colormaps["tab10"]
     for i, (name, (fpr, tpr, auroc)) in enumerate(curves.items()):
         ax.plot(_to_numpy(fpr), _to_numpy(tpr), color=colours(i % 10), lw=2, label=f"{name} (AUROC = {auroc:.4f})")
     ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="chance")
@@ -95,8 +99,8 @@ def plot_grouped_bars(values: dict, path, ylabel: str = "AUROC", title: str = ""
     bars = list(dict.fromkeys(bar for group in groups for bar in values[group]))
     width = 0.8 / max(len(bars), 1)
     positions = np.arange(len(groups))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * max(len(bars), 1) * 0.35 + 2), 4.5))
-    colours = plt.get_cmap("tab20" if len(bars) > 10 else "tab10")
+    fig, ax = _axes((max(6.0, 1.2 * len(groups) * max(len(bars), 1) * 0.35 + 2), 4.5))
+    colours = colormaps["tab20" if len(bars) > 10 else "tab10"]
     for i, bar in enumerate(bars):
         heights = [values[g].get(bar, np.nan) for g in groups]
         yerr = [errors[g].get(bar, 0.0) for g in groups] if errors else None
@@ -122,7 +126,7 @@ def plot_f1_curve(thresholds, f1, path, threshold_95: Optional[float] = None) ->
     thresholds, f1 = _to_numpy(thresholds), _to_numpy(f1)
     order = np.argsort(thresholds)
     thresholds, f1 = thresholds[order], f1[order]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _axes((6, 4))
     ax.plot(thresholds, f1, color="tab:blue", lw=1.5, label="macro-F1")
     best = int(np.argmax(f1))
     ax.scatter([thresholds[best]], [f1[best]], color="tab:green", zorder=3,
@@ -145,7 +149,7 @@ def plot_score_histograms(known_scores, unknown_scores, path,
     """Overlaid density histograms of the known and unknown scores on shared bins."""
     known, unknown = _to_numpy(known_scores).ravel(), _to_numpy(unknown_scores).ravel()
     edges = np.histogram_bin_edges(np.concatenate([known, unknown]), bins=bins)
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = _axes((6, 4))
     ax.hist(known, bins=edges, density=True, alpha=0.55, color="tab:blue",
             label=f"known (n = {known.size})")
     ax.hist(unknown, bins=edges, density=True, alpha=0.55, color="tab:orange",
@@ -163,10 +167,10 @@ def plot_score_histograms(known_scores, unknown_scores, path,
 
 def _class_colours(num_classes: int) -> Sequence:
     if num_classes <= 10:
-        return plt.get_cmap("tab10").colors[:num_classes]
+        return colormaps["tab10"].colors[:num_classes]
     if num_classes <= 20:
-        return plt.get_cmap("tab20").colors[:num_classes]
-    return [plt.get_cmap("nipy_spectral")(i / num_classes) for i in range(num_classes)]
+        return colormaps["tab20"].colors[:num_classes]
+    return [colormaps["nipy_spectral"](i / num_classes) for i in range(num_classes)]
 
 
 def _deterministic_subsample(n: int, max_points: int, seed: int) -> np.ndarray:
@@ -206,7 +210,7 @@ def plot_tsne(features, labels, num_classes: int, path, seed: int = 0,
     features, labels = features[keep], labels[keep]
     embedding = tsne_embedding(features, seed=seed)
 
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig, ax = _axes((7, 6))
     colours = _class_colours(num_classes)
     for c in range(num_classes):
         mask = labels == c

@@ -13,8 +13,8 @@ called unless it is on an allow-list of plain types (``ALLOWED``):
    of the frameworks the original pickled (``STAND_IN_PACKAGES``) or of a module that is
    not installed becomes an inert placeholder (``_MissingClass``), whose construction
    ignores its arguments and stores its pickled state as data; anything else (os.system,
-   builtins.eval, any other callable) refuses the file with a UserError naming
-   --trust_checkpoint.
+   builtins.eval, any other callable) refuses the file with a UserError naming the
+   ``trust_checkpoint`` setting.
 
 With ``trust=True`` (--trust_checkpoint) a file is read with ``weights_only=False``: it
 may run code, so only for files one trusts. Missing classes still become placeholders.
@@ -40,8 +40,6 @@ from argparse import Namespace
 import torch
 
 from utils.errors import UserError
-
-TRUST_FLAG = "--trust_checkpoint"
 
 # Top-level packages whose pickled classes and functions are replaced by inert placeholders
 # instead of being imported: the frameworks the original implementation's checkpoints
@@ -163,23 +161,39 @@ def _installed(top: str) -> bool:
         return False
 
 
-class _SafeUnpickler(pickle.Unpickler):
-    """Resolves globals only from the allow-list, or to placeholders (see the module doc).
+class _AllowListUnpickler(pickle.Unpickler):
+    """Resolves a global only from an allow-list (:meth:`allowed`, by pickled name) or by
+    :meth:`unlisted`, which by default refuses it with UntrustedGlobal before anything is
+    called. Every callable a pickle can invoke (REDUCE, NEWOBJ, BUILD's __setstate__, INST,
+    OBJ) comes from find_class, so the file can call what these return and nothing else."""
 
-    Every callable a pickle can invoke (REDUCE, NEWOBJ, BUILD's __setstate__, INST, OBJ)
-    comes from find_class, so the file can call allow-listed constructors and placeholders
-    and nothing else."""
+    def allowed(self) -> dict[str, object]:
+        raise NotImplementedError
+
+    def unlisted(self, module: str, name: str):
+        raise UntrustedGlobal(f"{module}.{name}")
 
     def find_class(self, module, name):
         module, name = _python2_name(module, name)
+        allowed = self.allowed()
         full = f"{module}.{name}"
-        allowed = _allowed()
         if full in allowed:
             return allowed[full]
+        return self.unlisted(module, name)
+
+
+class _SafeUnpickler(_AllowListUnpickler):
+    """The checkpoints' allow-list, and placeholders for the classes of the frameworks the
+    original pickled or of modules that are not installed (see the module doc)."""
+
+    def allowed(self) -> dict[str, object]:
+        return _allowed()
+
+    def unlisted(self, module: str, name: str):
         top = module.partition(".")[0]
         if top.isidentifier() and (top in STAND_IN_PACKAGES or not _installed(top)):
             return _placeholder(module, name)
-        raise UntrustedGlobal(full)
+        return super().unlisted(module, name)
 
 
 class _LenientUnpickler(pickle.Unpickler):
@@ -270,7 +284,7 @@ def read_torch_file(path: str | None, label: str, remedy: str, map_location="cpu
         return load_torch_file(path, map_location, trust)
     except UntrustedGlobal as refused:
         raise UserError(f"{label} {path!r} holds Python objects beyond plain tensors and settings ({refused.name}), "
-                        f"and loading them would run code from the file; pass {TRUST_FLAG} to load it anyway, "
+                        "and loading them would run code from the file; pass `trust_checkpoint` to load it anyway, "
                         "only if you trust the file", setting="trust_checkpoint") from None
     except Exception as error:
         raise UserError(f"{label} {path!r} could not be read ({type(error).__name__}); {remedy}",
@@ -306,17 +320,12 @@ def _data_allowed() -> dict[str, object]:
             **_numpy_globals(), **_numpy_frombuffer_globals()}
 
 
-class _DataUnpickler(pickle.Unpickler):
+class _DataUnpickler(_AllowListUnpickler):
     """Resolves globals only from :func:`_data_allowed`; any other (os.system, eval, a
     class) raises UntrustedGlobal before anything is called."""
 
-    def find_class(self, module, name):
-        module, name = _python2_name(module, name)
-        full = f"{module}.{name}"
-        allowed = _data_allowed()
-        if full in allowed:
-            return allowed[full]
-        raise UntrustedGlobal(full)
+    def allowed(self) -> dict[str, object]:
+        return _data_allowed()
 
 
 def load_data_pickle(file, encoding: str = "bytes"):

@@ -55,7 +55,7 @@ def _from_original_checkpoint(state: dict, hparams: dict) -> AutoEncoder | None:
                        latent_dim=latent_dim, data_transforms=transforms)
 
 
-def load_autoencoder(path: str, map_location="cpu", label: str = "--ae_checkpoint",
+def load_autoencoder(path: str, map_location="cpu", label: str = "`ae_checkpoint`",
                      trust: bool = False) -> AutoEncoder:
     """Load an autoencoder checkpoint (ours, or the original's) in eval mode with frozen weights.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import nn
 
 from utils.errors import UserError
@@ -34,19 +35,6 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet50": resnet50,
     "densenet": densenet,
     "wresnet": wide_resnet,
-}
-
-# enc_out_dim and tap channels of each backbone, without building it.
-_FEATURE_DIMS: dict[str, int] = {
-    "mnist-conv": 500, "vgg": 1024, "resnet18": 512, "resnet50": 2048, "densenet": 342, "wresnet": 640,
-}
-_TAP_DIMS: dict[str, tuple[int, int, int]] = {
-    "mnist-conv": (100, 100, 100),
-    "vgg": (128, 256, 256),
-    "resnet18": (64, 128, 256),
-    "resnet50": (256, 512, 1024),
-    "densenet": (108, 150, 342),
-    "wresnet": (160, 320, 640),
 }
 
 
@@ -89,13 +77,19 @@ def build_encoder(enc_type: str, enc_out_dim: int, **options) -> nn.Module:
     return encoder
 
 
+def _meta_backbone(enc_type: str) -> nn.Module:
+    """The backbone ``enc_type`` built on the meta device: its sizes, with no memory or random
+    draws spent on weights. The sizes are declared by the backbone classes alone."""
+    _check_name(enc_type)
+    with torch.device("meta"):
+        return build_backbone(enc_type)
+
+
 def default_feature_dim(enc_type: str) -> int:
     """The size of h (the original's --enc_out_dim) for ``enc_type``."""
-    _check_name(enc_type)
-    return _FEATURE_DIMS[enc_type]
+    return _meta_backbone(enc_type).feature_dim
 
 
 def default_tap_dims(enc_type: str) -> tuple[int, int, int]:
     """The channels of the three taps for ``enc_type``."""
-    _check_name(enc_type)
-    return _TAP_DIMS[enc_type]
+    return tuple(_meta_backbone(enc_type).tap_dims)

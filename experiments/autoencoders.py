@@ -1,19 +1,25 @@
-"""What mnist_ae.py and train_resnet_ae.py share: their flags (``build_autoencoder_parser``,
-from the same definitions as main.py's and test.py's), the training run
-(``train_autoencoder``) and the last line they print (``announce_checkpoint``).
+"""What mnist_ae.py and train_resnet_ae.py run: their flags (``build_mnist_ae_parser``,
+``build_resnet_ae_parser``, from the same definitions as main.py's and test.py's), the
+ResNet script's encoder (``resnet_arch``), the training run
+(``train_autoencoder``: the data, its batch transform, the output folder and the trainer
+around the model) and the last line they print (``announce_checkpoint``).
 The models themselves live in ``models/autoencoders/``."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 from utils.errors import UserError
 from utils.flags import add_common_args, add_known_data_args, add_trainer_args, new_parser, positive
 
-__all__ = ["build_autoencoder_parser", "announce_checkpoint", "train_autoencoder"]
+__all__ = ["build_autoencoder_parser", "build_mnist_ae_parser", "build_resnet_ae_parser", "resnet_arch",
+           "announce_checkpoint", "train_autoencoder"]
+
+RESNET_ARCHS = ("resnet18", "resnet50")
 
 
-def build_autoencoder_parser(description: str, *, known_dataset: str, data_transforms: str, latent_dim: int,
+def build_autoencoder_parser(description: str | None, *, known_dataset: str, data_transforms: str, latent_dim: int,
                              max_epochs: int) -> argparse.ArgumentParser:
     """The common flags, the known-data flags, the autoencoder's sizes, --lr and the trainer."""
     parser = new_parser(description)
@@ -32,6 +38,30 @@ def build_autoencoder_parser(description: str, *, known_dataset: str, data_trans
     return parser
 
 
+def build_mnist_ae_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """mnist_ae.py's flags (``description``: its --help text)."""
+    return build_autoencoder_parser(description, known_dataset="mnist", data_transforms="mnist", latent_dim=32,
+                                    max_epochs=50)
+
+
+def build_resnet_ae_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """train_resnet_ae.py's flags (``description``: its --help text), --enc_type included."""
+    parser = build_autoencoder_parser(description, known_dataset="cifar_known", data_transforms="cifar",
+                                      latent_dim=256, max_epochs=100)
+    parser.add_argument_group("autoencoder").add_argument(
+        "--enc_type", default=None, help="resnet18 or resnet50 (default: resnet50 for cifar100_known, else resnet18)")
+    return parser
+
+
+def resnet_arch(args: argparse.Namespace) -> str:
+    """train_resnet_ae.py's encoder: ``args.enc_type``, by default resnet50 for cifar100_known
+    (as in the original) and resnet18 otherwise."""
+    enc_type = args.enc_type or ("resnet50" if args.known_dataset == "cifar100_known" else "resnet18")
+    if enc_type not in RESNET_ARCHS:
+        raise UserError(f"`enc_type` {enc_type!r} is not supported here; use resnet18 or resnet50", setting="enc_type")
+    return enc_type
+
+
 def announce_checkpoint(path: str) -> None:
     """Print the checkpoint path as the script's last line (once, on the main process)."""
     from pytorch_lightning.utilities import rank_zero_only
@@ -43,18 +73,21 @@ def train_autoencoder(args: argparse.Namespace, arch: str) -> str:
     """Train an AutoEncoder from parsed flags; returns the path of the last checkpoint.
 
     The output folder is created, checked for writing and locked before any work; one that
-    already holds an autoencoder run is refused unless ``--overwrite``, which removes only the
-    files that run recorded (utils.cli.claim_output_dir)."""
-    from models.autoencoders import ENC_OUT_DIM
-    from utils.cli import AUTOENCODER_RUN, claim_output_dir, logger_trees, trainer_kwargs
+    already holds an autoencoder run is refused unless ``overwrite``, which removes only the
+    files that run recorded (utils.run_folder.claim_output_dir)."""
+    from models.autoencoders import encoder_out_dim
+    from utils.cli import trainer_kwargs
+    from utils.loggers import logger_trees
+    from utils.run_folder import AUTOENCODER_RUN, claim_output_dir
 
     if args.batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, not {args.batch_size}")
+        raise UserError(f"`batch_size` must be at least 1, not {args.batch_size}", setting="batch_size")
     if args.num_workers < 0:
-        raise UserError(f"--num_workers must be 0 or more, not {args.num_workers}")
-    if args.enc_out_dim is not None and args.enc_out_dim != ENC_OUT_DIM[arch]:
-        raise UserError(f"--enc_out_dim {args.enc_out_dim} does not match the {arch} encoder, whose output "
-                        f"size is {ENC_OUT_DIM[arch]}; drop the flag or set it to {ENC_OUT_DIM[arch]}")
+        raise UserError(f"`num_workers` must be 0 or more, not {args.num_workers}", setting="num_workers")
+    if args.enc_out_dim is not None and args.enc_out_dim != encoder_out_dim(arch):
+        raise UserError(f"`enc_out_dim` {args.enc_out_dim} does not match the {arch} encoder, whose output "
+                        f"size is {encoder_out_dim(arch)}; drop the flag or set it to {encoder_out_dim(arch)}",
+                        setting="enc_out_dim")
     class_num = args.class_num
     if class_num is None:
         class_num = 100 if args.known_dataset == "cifar100_known" else 10
@@ -72,7 +105,8 @@ def _train(args: argparse.Namespace, arch: str, output_dir: str, kwargs: dict, c
 
     from datasets import BatchTransform, get_known_dataset
     from models.autoencoders import AutoEncoder
-    from models.callbacks import AtomicCheckpointIO, DivergenceGuard
+    from models.callbacks import DivergenceGuard
+    from models.checkpoints import AtomicCheckpointIO
     from utils.loggers import build_loggers
 
     pl.seed_everything(args.seed, workers=True)
@@ -85,7 +119,9 @@ def _train(args: argparse.Namespace, arch: str, output_dir: str, kwargs: dict, c
                         f"pick a square known dataset")
     BatchTransform(args.data_transforms, train_set.image_shape, train=True)  # fail early on a bad name
 
-    model = AutoEncoder.from_args(args, arch, input_height=height, in_channels=channels)
+    batch_transform = functools.partial(BatchTransform, args.data_transforms, train_set.image_shape)
+    model = AutoEncoder.from_args(args, arch, input_height=height, in_channels=channels,
+                                  batch_transform=batch_transform)
     loader_kwargs = dict(batch_size=args.batch_size, num_workers=args.num_workers,
                          persistent_workers=args.num_workers > 0)
     train_loader = DataLoader(train_set, shuffle=True, drop_last=len(train_set) > args.batch_size,
@@ -110,5 +146,6 @@ def _train(args: argparse.Namespace, arch: str, output_dir: str, kwargs: dict, c
     if not trainer.strategy.broadcast(checkpoint_io.wrote(last)):  # fast_dev_run turns checkpointing off
         trainer.save_checkpoint(last)
     if trainer.is_global_zero and not checkpoint_io.wrote(last):  # the path printed is always this run's model
-        raise UserError(f"the trained autoencoder could not be saved to {last}; pick a writable --output_dir")
+        raise UserError(f"the trained autoencoder could not be saved to {last}; pick a writable `output_dir`",
+                        setting="output_dir")
     return last

@@ -1,0 +1,1 @@
+"""The wiring layer: turns parsed settings into runs (training, evaluation, the benchmark harness)."""
