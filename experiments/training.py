@@ -189,9 +189,6 @@ def leave_process_group() -> None:
 
 
 def _train(args: argparse.Namespace, given: set[str], argv: list[str] | None, cleanup: ExitStack) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import pytorch_lightning as pl
 
     from models.checkpoints import AtomicCheckpointIO, build_model

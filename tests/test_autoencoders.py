@@ -159,9 +159,10 @@ def test_a_few_adam_steps_lower_the_mse(arch, shape, steps, factor):
 # --------------------------------------------------------------------------- loading
 
 def test_load_autoencoder_missing_file(tmp_path):
-    with pytest.raises(UserError, match="--ae_checkpoint") as info:
+    with pytest.raises(UserError, match="`ae_checkpoint`") as info:
         load_autoencoder(str(tmp_path / "nope.ckpt"))
     assert "mnist_ae.py" in str(info.value) and "train_resnet_ae.py" in str(info.value)
+    assert info.value.for_command_line().startswith("--ae_checkpoint ")  # the script names the flag
 
 
 @pytest.mark.parametrize("content", ["text", "not_ae_checkpoint", "not_a_dict"])
@@ -174,7 +175,7 @@ def test_load_autoencoder_rejects_non_autoencoder_files(tmp_path, content):
                    path)
     else:
         torch.save([1, 2, 3], path)
-    with pytest.raises(UserError, match="--ae_checkpoint"):
+    with pytest.raises(UserError, match="`ae_checkpoint`"):
         load_autoencoder(str(path))
 
 
@@ -184,7 +185,7 @@ def test_load_autoencoder_rejects_mismatched_weights(tmp_path):
     state.pop("net.fc.bias")
     path = tmp_path / "broken.ckpt"
     torch.save({"state_dict": state, "hyper_parameters": dict(model.hparams)}, path)
-    with pytest.raises(UserError, match="--ae_checkpoint"):
+    with pytest.raises(UserError, match="`ae_checkpoint`"):
         load_autoencoder(str(path))
 
 
@@ -245,7 +246,7 @@ def test_load_autoencoder_reads_lightning_checkpoint_of_pre_split_code(tmp_path,
 def test_load_autoencoder_messages_use_the_label(tmp_path):
     with pytest.raises(UserError, match="ae_model") as info:
         load_autoencoder(str(tmp_path / "nope.ckpt"), label="ae_model")
-    assert "--ae_checkpoint" not in str(info.value)
+    assert "ae_checkpoint" not in str(info.value)
 
 
 def test_load_autoencoder_tolerates_classes_that_no_longer_exist(tmp_path, monkeypatch):

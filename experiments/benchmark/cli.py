@@ -156,11 +156,8 @@ def main(argv=None) -> list[dict]:
         print_dry_run(args, settings, plan)
         return []
 
-    import matplotlib
-
     from utils.run_folder import check_writable
 
-    matplotlib.use("Agg")
     log = Clock()
     out = os.path.abspath(args.output_dir)
     check_writable(out)  # created, or one sentence naming the folder
