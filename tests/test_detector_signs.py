@@ -13,13 +13,8 @@ from datasets import KnownUnknownDataModule
 from models.detector import score_set
 from models.detector_registry import DETECTORS
 from models.records import FeatureRecord
+from test_detectors_cli import CLASSES, COMMON, TRAIN  # the same tiny runs as the detector CLI tests
 
-CLASSES = 4
-COMMON = ["--known_dataset", "digits", "--class_num", str(CLASSES), "--input_height", "28", "--batch_size", "64",
-          "--accelerator", "cpu", "--num_workers", "0", "--offline", "--logger", "csv"]
-TRAIN = ["--enc_type", "mnist-conv", "--enc_out_dim", "500", "--latent_dim", "8", "--data_transforms", "mnist",
-         "--batch_classes", "4", "--sample_count", "8", "--opt", "adam", "--lr", "0.001", "--max_epochs", "1",
-         "--limit_train_batches", "2", "--generation_epoch", "1", "--unknown_dataset", "digits_unknown"]
 BY_KIND = {"vmdls": [name for name, entry in DETECTORS.items() if "vmdls" in entry.kinds],
            "ce": [name for name, entry in DETECTORS.items() if "ce" in entry.kinds]}
 
