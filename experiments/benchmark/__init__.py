@@ -128,7 +128,7 @@ is not in DIR is skipped with a note (printed, and in results.md under "Left out
 output folder: outputs/ood_paper_released. The training-budget flags (--max_epochs,
 --ae_epochs, --limit_train_batches, --lr, --weights_dir) are refused with it.
 
-standard (2 CPU cores, about 80 minutes a seed for the far setting; issue 17): every model
+standard (2 CPU cores, about 80 minutes a seed for the far setting): every model
 trained as people train them, on all of Fashion-MNIST. Two settings, picked with
 --settings (default: far alone, so that one seed stays within 90 minutes on 2 cores):
 - far (setting name fashion_mnist): all 60,000 training and 10,000 test images, all 10
@@ -146,7 +146,7 @@ autoencoder (mnist_ae.py), the cross-entropy model on the same backbone, augment
 optimiser, epochs and batches, the untrained reference and every detector. Budget: 3
 epochs of 375 balanced batches (one pass over the training set per epoch) for VMDLS and
 the cross-entropy model, 3 epochs of 375 batches for the autoencoder, --lr 1e-3. Measured
-once (issue 17, far setting, one seed, 2-core Xeon shared with another job): 80 min
+once (far setting, one seed, 2-core Xeon shared with another job): 80 min
 (VMDLS 34, autoencoder 21, cross-entropy 13, evaluation 11), the cross-entropy model at
 90.12 % closed-set accuracy. Every difference from the paper's MNIST command is listed
 in STANDARD_DEVIATIONS / standard_deviations(), which the dry run and results.md print.

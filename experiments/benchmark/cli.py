@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 
 import experiments.benchmark as package
+from utils.flags import OneLineParser, at_least, positive
 
 from .aggregate import aggregate, per_seed_rows
 from .data import materialise
@@ -18,6 +18,8 @@ from .profiles import DEFAULT_WORKERS, PROFILES, SUBSETS, Setting, how_many, pro
 from .report import budget_header, timing_table, write_report
 from .runner import Clock, read_json, run_plan, step_done, write_json
 
+COUNT = at_least(0, int)  # image, epoch, batch and worker counts; 0: the profile's (or all)
+
 # Budget flags that only trainings use: an evaluation of released checkpoints refuses them.
 TRAINING_FLAGS = ("max_epochs", "ae_epochs", "limit_train_batches", "lr", "weights_dir")
 
@@ -25,33 +27,32 @@ TRAINING_FLAGS = ("max_epochs", "ae_epochs", "limit_train_batches", "lr", "weigh
 def build_parser() -> argparse.ArgumentParser:
     # Python 3.11's argparse names a -m run __main__.py.
     prog = "python -m experiments.benchmark" if os.path.basename(sys.argv[0]) == "__main__.py" else None
-    parser = argparse.ArgumentParser(prog=prog, description=package.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog=prog, description=package.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=tuple(PROFILES), default="quick",
-                        help="demo, tiny, quick: smoke checks; standard: every model trained (issue 17); "
+                        help="demo, tiny, quick: smoke checks; standard: every model trained; "
                              "paper: the original README's settings")
     parser.add_argument("--data_dir", default="./data", help="torchvision-style data folder")
     parser.add_argument("--output_dir", default=None,
                         help="default: outputs/ood_<profile> (outputs/ood_paper_released with --released)")
     parser.add_argument("--unknown", nargs="+", default=None, metavar="NAME",
                         help="unknown sets: registry names or idx:PATH / folder:PATH (default: the profile's)")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
+    parser.add_argument("--seeds", type=positive(int), default=1, help="seeds 0..N-1")
     parser.add_argument("--accelerator", choices=("cpu", "gpu", "auto"), default="auto")
-    parser.add_argument("--num_workers", type=int, default=None, help="default: 0 (quick, tiny), 4 (paper)")
+    parser.add_argument("--num_workers", type=COUNT, default=None, help="default: 0 (quick, tiny), 4 (paper)")
     parser.add_argument("--dry_run", action="store_true", help="print the commands (and which are done); run none")
     budget = parser.add_argument_group("budget overrides (default: the profile's)")
-    budget.add_argument("--train_images", type=int, default=None,
+    budget.add_argument("--train_images", type=COUNT, default=None,
                         help="the first N known training images written as IDX (0: all of them; with "
                              "--test_images 0 too, the known set is read as it is)")
-    budget.add_argument("--test_images", type=int, default=None,
+    budget.add_argument("--test_images", type=COUNT, default=None,
                         help="the first N known test images written as IDX (0: all of them)")
-    budget.add_argument("--unknown_images", type=int, default=None,
+    budget.add_argument("--unknown_images", type=COUNT, default=None,
                         help="images of each unknown set written as IDX (0: the sets as they are)")
-    budget.add_argument("--max_epochs", type=int, default=None, help="VMDLS and ce epochs (0: the profile's)")
-    budget.add_argument("--ae_epochs", type=int, default=None, help="autoencoder epochs (0: the profile's)")
-    budget.add_argument("--limit_train_batches", type=int, default=None,
+    budget.add_argument("--max_epochs", type=COUNT, default=None, help="VMDLS and ce epochs (0: the profile's)")
+    budget.add_argument("--ae_epochs", type=COUNT, default=None, help="autoencoder epochs (0: the profile's)")
+    budget.add_argument("--limit_train_batches", type=COUNT, default=None,
                         help="batches per epoch, every training (0: the profile's)")
-    budget.add_argument("--lr", type=float, default=None,
+    budget.add_argument("--lr", type=at_least(0.0, float), default=None,
                         help="VMDLS and ce learning rate (default or 0: the profile's; the paper's command's, "
                              "1e-4 for MNIST)")
     paper = parser.add_argument_group("paper and standard profiles")
@@ -69,15 +70,6 @@ def parse(argv=None) -> argparse.Namespace:
     """The flags, checked (a bad value: one line, exit status 2), with the profile's defaults filled in."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error("--seeds must be at least 1")
-    for name in ("train_images", "test_images", "unknown_images", "max_epochs", "ae_epochs", "limit_train_batches",
-                 "num_workers"):
-        value = getattr(args, name)
-        if value is not None and value < 0:
-            parser.error(f"--{name} must be 0 or more, not {value}")
-    if args.lr is not None and not (math.isfinite(args.lr) and args.lr >= 0):
-        parser.error(f"--lr must be a positive number (0: the profile's), not {args.lr}")
     if args.released is not None:
         if args.profile != "paper":
             parser.error(f"--released evaluates the paper's settings: give it with --profile paper, not {args.profile}")
