@@ -1,7 +1,7 @@
 """The standard OOD detectors that ``test.py --detector`` offers beside the paper's, as
 pytorch-ood detectors with pytorch-ood's sign (higher = more unknown).
 
-models/evaluation.py's registry names each one with the representation it reads from the
+models/detector_registry.py names each one with the representation it reads from the
 shared :class:`~models.records.FeatureRecord` of an image set. msp, energy, maxlogit and odin
 are pytorch-ood's own classes (``MaxSoftmax``, ``EnergyBased``, ``MaxLogit``, ``ODIN``),
 the logit ones scoring the record's float64 logits. The classes below subclass pytorch-ood's
@@ -34,11 +34,8 @@ import torch
 from pytorch_ood.api import FeaturesDetector, ModelNotSetException, RequiresFittingException
 from pytorch_ood.detector import KNN, Mahalanobis, ViM
 
-from models.class_statistics import ClassStatistics
+from models.class_statistics import CHUNK_DOUBLES, ClassStatistics
 from models.gaussians import ClassGaussians
-
-# Largest number of float64 values one chunked intermediate holds (128 MiB).
-_CHUNK_DOUBLES = 1 << 24
 
 
 def _known_classes(labels: torch.Tensor, num_classes: int | None) -> int:
@@ -85,7 +82,7 @@ class MahalanobisDetector(Mahalanobis):
         means = sums / counts.clamp(min=1).unsqueeze(1)
         # Tied covariance from the centred rows (no E[hh^T] - mm^T cancellation), in chunks.
         cov = torch.zeros(h.shape[1], h.shape[1], dtype=torch.float64, device=h.device)
-        rows = max(1, _CHUNK_DOUBLES // max(1, h.shape[1]))
+        rows = max(1, CHUNK_DOUBLES // max(1, h.shape[1]))
         for start in range(0, h.shape[0], rows):
             centred = h[start:start + rows] - means[y[start:start + rows]]
             cov += centred.T @ centred
@@ -109,7 +106,7 @@ class MahalanobisDetector(Mahalanobis):
     def _half_squared_distances(self, z: torch.Tensor) -> torch.Tensor:
         """0.5 (h - m_c)^T P (h - m_c), [N, C] float64, the fitted classes only."""
         h = z.detach().to(device=self.mu.device, dtype=torch.float64)
-        rows = max(1, _CHUNK_DOUBLES // max(1, self.mu.numel()))
+        rows = max(1, CHUNK_DOUBLES // max(1, self.mu.numel()))
         out = []
         for start in range(0, h.shape[0], rows):
             centred = h[start:start + rows].unsqueeze(1) - self.mu.unsqueeze(0)      # [n, C, D]
