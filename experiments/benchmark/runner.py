@@ -135,8 +135,6 @@ def recorded_seconds(step: Step) -> float:
         return float("nan")
 
 
-
-
 def run_plan(plan: Plan, log: Clock, on_step) -> dict:
     """Every step not done before, in order, each announced with a progress line; after
     each, ``on_step(tables)`` with the tables of the evaluations run so far (by output folder)."""
