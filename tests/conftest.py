@@ -110,3 +110,17 @@ def mnist_root(tmp_path):
         "kmnist": write_idx_folder(tmp_path / "KMNIST" / "raw", gz=True, seed=20),
     }
     return tmp_path, written
+
+
+def refused(capsys, call) -> str:
+    """Run ``call`` as a script does (utils.cli.run_main): exit status 2 and exactly one line on
+    stderr, an error sentence with no traceback; returns that line."""
+    from utils.cli import run_main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(call)
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in lines[0], lines
+    return lines[0]

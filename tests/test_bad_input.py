@@ -138,7 +138,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import zlib  # noqa: E402
 
-from conftest import write_cifar, write_images  # noqa: E402
+from conftest import refused, write_cifar, write_images  # noqa: E402
 from datasets.images import list_images  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -564,16 +564,6 @@ def test_an_input_height_the_data_does_not_have_is_named(files, tmp_path, capsys
 
 # --- issue 18: overwrite records, unique outputs, the lock ---
 
-def _refused_one_line(capsys, call) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(call)
-    assert exit_info.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in lines[0], lines
-    return lines[0]
-
-
 def _files_of(folder) -> dict:
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*"))
             if path.is_file() and path.name != ".lock"}
@@ -592,7 +582,7 @@ def test_overwrite_never_removes_another_kind_of_runs_files(files, tmp_path, cap
                    "--output_dir", str(evaluation), "--overwrite"]
     for call in (lambda: train_script.main(TRAIN + ["--output_dir", str(evaluation), "--overwrite"]),
                  lambda: mnist_ae.main(autoencoder), lambda: train_resnet_ae.main(autoencoder)):
-        line = _refused_one_line(capsys, call)
+        line = refused(capsys, call)
         assert f"{evaluation} holds an evaluation (results.json), not a" in line and "last.ckpt" not in line
         assert _files_of(evaluation) == before
 
@@ -603,7 +593,7 @@ def test_a_lock_that_links_elsewhere_is_one_sentence_and_its_target_kept(files, 
     target = tmp_path / "target.txt"
     target.write_text("not a lock")
     (folder / ".lock").symlink_to(target)
-    line = _refused_one_line(capsys, lambda: test_script.main(DATA + ["--data_transforms", "blob", "--checkpoint_path",
+    line = refused(capsys, lambda: test_script.main(DATA + ["--data_transforms", "blob", "--checkpoint_path",
                                                                       files["model"], "--output_dir", str(folder)]))
     assert ".lock is a symbolic link" in line and target.read_text() == "not a lock"
 

@@ -13,7 +13,7 @@ import torch
 
 import main as train_script
 import test as test_script
-from conftest import one_torch_thread, write_images
+from conftest import one_torch_thread, refused, write_images
 from experiments.reporting import set_folder
 from utils.cli import run_main
 from utils.errors import UserError
@@ -37,17 +37,6 @@ def train(output_dir, *extra, argv=TINY):
 
 def load(path):
     return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def refused(capsys, call) -> str:
-    """Run ``call`` as a script does: exit status 2 and exactly one line on stderr, returned."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        run_main(call)
-    assert exit_info.value.code == 2
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
 
 
 def stopped(capsys, call) -> str:
